@@ -1,0 +1,50 @@
+# The course's two commands: `make book` and `make test`. Each bootstraps .venv on a fresh machine.
+# QUICK=1 selects the CPU-friendly quick mode; DEVICE=cuda|cpu|auto picks the device.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+QUICK ?=
+QUICK_FLAG := $(if $(filter-out 0,$(QUICK)),--quick,)
+
+.PHONY: help book test lint data lab exercises solutions clean
+
+help:
+	@echo "make book   - install, fetch data, execute every chapter (QUICK=1 for quick mode), build _build/html"
+	@echo "make test   - install, fetch data, lint and run the whole test suite (what CI runs)"
+	@echo "make lab    - open the course in JupyterLab"
+	@echo "make data   - fetch and verify Fashion-MNIST only"
+	@echo "make exercises - regenerate exercises/ from solutions/"
+	@echo "make solutions - re-execute solutions/ in place (their stored outputs are nbval's reference)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+data: $(STAMP)
+	$(PY) -m course_utils.data
+
+book: $(STAMP) data
+	$(PY) -m course_utils.pipeline book $(QUICK_FLAG)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check course_utils tests notebooks solutions exercises
+	$(VENV)/bin/ruff format --check course_utils tests notebooks solutions exercises
+
+test: $(STAMP) data lint
+	$(PY) -m course_utils.exercises check
+	$(PY) -m pytest --nbval --nbval-sanitize-with solutions/nbval_sanitize.cfg -p no:cacheprovider tests solutions
+
+lab: $(STAMP) data
+	$(VENV)/bin/jupyter lab notebooks/
+
+exercises: $(STAMP)
+	$(PY) -m course_utils.exercises build
+
+solutions: $(STAMP) data
+	cd solutions && ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace *_solutions.ipynb
+
+clean:
+	rm -rf _build

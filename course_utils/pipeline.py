@@ -1,0 +1,156 @@
+"""The build pipeline: papermill executes the chapters, jupyter-book renders the executed copies.
+
+Sources are never executed in place. Each chapter runs once per build into
+``_build/executed/<mode>/notebooks/``; the site is assembled in ``_build/site_src/`` from those
+copies plus the book pages, exercises and solutions, and built with execution off and Sphinx
+warnings as errors into ``_build/html``.
+
+Usage::
+
+    python -m course_utils.pipeline execute [--quick] [--only 01]
+    python -m course_utils.pipeline book [--quick] [--reuse]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = [
+    "REPO",
+    "build_book",
+    "chapter_notebooks",
+    "execute_notebook",
+    "executed_dir",
+    "is_fresh",
+    "stage_site",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "_build"
+SITE_ITEMS = ("_config.yml", "_toc.yml", "book", "exercises", "solutions", "references.bib")
+
+
+def chapter_notebooks() -> list[Path]:
+    """The chapter notebooks, in order."""
+    return sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def executed_dir(quick: bool) -> Path:
+    """Where executed copies of the chapters go for this mode."""
+    return BUILD / "executed" / ("quick" if quick else "full") / "notebooks"
+
+
+def execute_notebook(
+    notebook: Path, quick: bool, device: str = "auto", progress: bool = False
+) -> Path:
+    """Run one chapter with papermill (parameters ``QUICK`` and ``DEVICE``) into the build folder.
+
+    The notebook runs with its own folder as working directory, exactly as in JupyterLab, and with
+    ``COURSE_METRICS_DIR`` pointing at ``_build/metrics``. Raises papermill's
+    ``PapermillExecutionError`` (which names the failing cell) if a cell fails.
+    """
+    import papermill
+
+    out = executed_dir(quick) / notebook.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("COURSE_METRICS_DIR", str(BUILD / "metrics"))
+    start = time.perf_counter()
+    papermill.execute_notebook(
+        str(notebook),
+        str(out),
+        parameters={"QUICK": quick, "DEVICE": device},
+        cwd=str(notebook.parent),
+        kernel_name="python3",
+        progress_bar=progress,
+        report_mode=False,
+    )
+    print(
+        f"executed {notebook.name} ({'quick' if quick else 'full'}) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return out
+
+
+def stage_site(quick: bool) -> Path:
+    """Assemble the book sources with executed chapters in ``_build/site_src``."""
+    site = BUILD / "site_src"
+    shutil.rmtree(site, ignore_errors=True)
+    site.mkdir(parents=True)
+    for item in SITE_ITEMS:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, site / item, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        elif src.is_file():
+            shutil.copy2(src, site / item)
+    executed = executed_dir(quick)
+    (site / "notebooks").mkdir()
+    for notebook in chapter_notebooks():
+        done = executed / notebook.name
+        if not done.exists():
+            raise FileNotFoundError(
+                f"{done} is missing: run `python -m course_utils.pipeline execute"
+                f"{' --quick' if quick else ''}` first"
+            )
+        shutil.copy2(done, site / "notebooks" / notebook.name)
+    return site
+
+
+def build_book(quick: bool) -> Path:
+    """Build ``_build/html`` from the staged site (execution off, warnings are errors)."""
+    site = stage_site(quick)
+    cmd = [
+        str(Path(sys.executable).parent / "jupyter-book"),
+        "build",
+        str(site),
+        "--path-output",
+        str(REPO),
+        "--warningiserror",
+        "--keep-going",
+    ]
+    subprocess.run(cmd, check=True, cwd=REPO)
+    index = BUILD / "html" / "index.html"
+    print(f"\nThe book is built: open file://{index}")
+    return index
+
+
+def is_fresh(notebook: Path, quick: bool) -> bool:
+    """Whether the executed copy of ``notebook`` exists and is newer than its source."""
+    done = executed_dir(quick) / notebook.name
+    return done.exists() and done.stat().st_mtime > notebook.stat().st_mtime
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["execute", "book"])
+    parser.add_argument("--quick", action="store_true", help="CPU-friendly quick mode (CI)")
+    parser.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
+    parser.add_argument("--only", default=None, help="run only chapters whose name starts so")
+    parser.add_argument(
+        "--reuse", action="store_true", help="book: reuse executed copies newer than their source"
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick or os.environ.get("QUICK", "") not in ("", "0")
+
+    timings = {}
+    for notebook in chapter_notebooks():
+        if args.only and not notebook.name.startswith(args.only):
+            continue
+        if args.command == "book" and args.reuse and is_fresh(notebook, quick):
+            continue
+        start = time.perf_counter()
+        execute_notebook(notebook, quick, args.device, progress=True)
+        timings[notebook.name] = time.perf_counter() - start
+    if timings:
+        print("execution times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    if args.command == "book":
+        build_book(quick)
+
+
+if __name__ == "__main__":
+    main()
