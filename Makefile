@@ -15,7 +15,7 @@ help:
 	@echo "make lab    - open the course in JupyterLab"
 	@echo "make data   - fetch and verify Fashion-MNIST only"
 	@echo "make exercises - regenerate exercises/ from solutions/"
-	@echo "make solutions - re-execute solutions/ in place (their stored outputs are nbval's reference)"
+	@echo "make solutions - re-execute solutions/ in place (nbval's reference outputs), then regenerate exercises/"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,7 @@ exercises: $(STAMP)
 	$(PY) -m course_utils.exercises build
 
 solutions: $(STAMP) data
-	cd solutions && ../$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace *_solutions.ipynb
+	$(PY) -m course_utils.exercises execute
 
 clean:
 	rm -rf _build

@@ -1,0 +1,57 @@
+"""Every chapter executes in quick mode (one test per chapter), then the book builds from them.
+
+The book test comes last in this file so it reuses the executed copies; run on its own, it
+executes whatever is missing first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_utils import pipeline
+from course_utils.results import metrics_dir
+
+CHAPTERS = pipeline.chapter_notebooks()
+
+
+def test_there_are_chapters() -> None:
+    """The pipeline finds the chapters (an empty glob would make the tests below vacuous)."""
+    assert [p.name for p in CHAPTERS][:1] == ["01_baseline_cnn.ipynb"]
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_chapter_runs_in_quick_mode(notebook: Path) -> None:
+    """papermill runs the chapter with QUICK=True, it records its metrics, and leaves no errors."""
+    out = pipeline.execute_notebook(notebook, quick=True, device="cpu")
+    executed = nbformat.read(out, as_version=4)
+    errors = [
+        o
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
+    assert not errors
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "QUICK = True" in injected[0].source
+    record = json.loads((metrics_dir() / f"{notebook.stem}.json").read_text())
+    assert record["mode"] == "quick"
+    assert record["metrics"], "the chapter recorded no headline metrics"
+
+
+def test_book_builds_from_executed_copies() -> None:
+    """jupyter-book builds the site with warnings as errors; each chapter page has its figures."""
+    for notebook in CHAPTERS:
+        if not pipeline.is_fresh(notebook, quick=True):
+            pipeline.execute_notebook(notebook, quick=True, device="cpu")
+    index = pipeline.build_book(quick=True)
+    assert index.exists()
+    html = index.parent
+    for notebook in CHAPTERS:
+        page = (html / "notebooks" / f"{notebook.stem}.html").read_text()
+        assert "<img" in page, f"{notebook.stem}: no rendered figure"
+        assert "Traceback" not in page, f"{notebook.stem}: an error output was rendered"
