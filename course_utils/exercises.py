@@ -19,7 +19,7 @@ Usage::
 
     python -m course_utils.exercises build   # (re)write exercises/ from solutions/
     python -m course_utils.exercises check   # exit 1, naming the files, if exercises/ is stale
-    python -m course_utils.exercises execute # re-run solutions/ in place, then build
+    python -m course_utils.exercises execute [--only 02]  # re-run solutions/ in place, then build
 """
 
 from __future__ import annotations
@@ -198,7 +198,9 @@ def build(root: Path | None = None) -> list[Path]:
     return changed
 
 
-def execute_solutions(root: Path | None = None, timeout: int = 600) -> list[Path]:
+def execute_solutions(
+    root: Path | None = None, timeout: int = 600, only: str | None = None
+) -> list[Path]:
     """Re-run each solution notebook in place (cwd ``solutions/``), storing fresh outputs.
 
     Those outputs are strict nbval's reference. ``language_info`` is reset to ``{"name":
@@ -206,7 +208,7 @@ def execute_solutions(root: Path | None = None, timeout: int = 600) -> list[Path
     """
     from nbclient import NotebookClient
 
-    paths = solution_notebooks(root)
+    paths = [p for p in solution_notebooks(root) if only is None or p.name.startswith(only)]
     for path in paths:
         nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
         client = NotebookClient(
@@ -258,11 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--root", type=Path, default=None, help="repository root (default: this one)"
     )
+    parser.add_argument(
+        "--only", default=None, help="execute: only solutions whose name starts so (e.g. 02)"
+    )
     args = parser.parse_args(argv)
     root = args.root or _default_root()
     try:
         if args.command == "execute":
-            execute_solutions(root)
+            execute_solutions(root, only=args.only)
         if args.command in ("build", "execute"):
             changed = build(root)
             for path in changed:
