@@ -1,9 +1,11 @@
 """The build pipeline: papermill executes the chapters, jupyter-book renders the executed copies.
 
 Sources are never executed in place. Each chapter runs once per build into
-``_build/executed/<mode>/notebooks/``; the site is assembled in ``_build/site_src/`` from those
-copies plus the book pages, exercises and solutions, and built with execution off and Sphinx
-warnings as errors into ``_build/html``.
+``_build/executed/<mode>/notebooks/``, then the executable book pages (``book/*.ipynb``: the cheat
+sheet, the results page that reads the chapters' metrics) into ``_build/executed/<mode>/book/``.
+The site is assembled in ``_build/site_src/`` from those copies plus the other book pages,
+exercises and solutions, and built with execution off and Sphinx warnings as errors into
+``_build/html``.
 
 Usage::
 
@@ -21,13 +23,17 @@ import sys
 import time
 from pathlib import Path
 
+from .results import record_execution_time
+
 __all__ = [
     "REPO",
     "build_book",
     "chapter_notebooks",
     "execute_notebook",
     "executed_dir",
+    "executed_path",
     "is_fresh",
+    "page_notebooks",
     "stage_site",
 ]
 
@@ -41,9 +47,19 @@ def chapter_notebooks() -> list[Path]:
     return sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
+def page_notebooks() -> list[Path]:
+    """The executable book pages, run after the chapters (the results page reads their metrics)."""
+    return sorted((REPO / "book").glob("*.ipynb"))
+
+
 def executed_dir(quick: bool) -> Path:
-    """Where executed copies of the chapters go for this mode."""
-    return BUILD / "executed" / ("quick" if quick else "full") / "notebooks"
+    """Where executed copies go for this mode (``notebooks/`` and ``book/`` below it)."""
+    return BUILD / "executed" / ("quick" if quick else "full")
+
+
+def executed_path(notebook: Path, quick: bool) -> Path:
+    """The executed copy of ``notebook`` for this mode."""
+    return executed_dir(quick) / notebook.parent.name / notebook.name
 
 
 def execute_notebook(
@@ -51,15 +67,13 @@ def execute_notebook(
 ) -> Path:
     """Run one chapter with papermill (parameters ``QUICK`` and ``DEVICE``) into the build folder.
 
-    The notebook runs with its own folder as working directory, exactly as in JupyterLab, and with
-    ``COURSE_METRICS_DIR`` pointing at ``_build/metrics``. Raises papermill's
-    ``PapermillExecutionError`` (which names the failing cell) if a cell fails.
+    The notebook runs with its own folder as working directory, exactly as in JupyterLab. Raises
+    papermill's ``PapermillExecutionError`` (which names the failing cell) if a cell fails.
     """
     import papermill
 
-    out = executed_dir(quick) / notebook.name
+    out = executed_path(notebook, quick)
     out.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("COURSE_METRICS_DIR", str(BUILD / "metrics"))
     start = time.perf_counter()
     papermill.execute_notebook(
         str(notebook),
@@ -70,10 +84,9 @@ def execute_notebook(
         progress_bar=progress,
         report_mode=False,
     )
-    print(
-        f"executed {notebook.name} ({'quick' if quick else 'full'}) "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
+    seconds = time.perf_counter() - start
+    record_execution_time(notebook.stem, seconds, quick)
+    print(f"executed {notebook.name} ({'quick' if quick else 'full'}) in {seconds:.1f} s")
     return out
 
 
@@ -88,16 +101,15 @@ def stage_site(quick: bool) -> Path:
             shutil.copytree(src, site / item, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         elif src.is_file():
             shutil.copy2(src, site / item)
-    executed = executed_dir(quick)
     (site / "notebooks").mkdir()
-    for notebook in chapter_notebooks():
-        done = executed / notebook.name
+    for notebook in chapter_notebooks() + page_notebooks():
+        done = executed_path(notebook, quick)
         if not done.exists():
             raise FileNotFoundError(
                 f"{done} is missing: run `python -m course_utils.pipeline execute"
                 f"{' --quick' if quick else ''}` first"
             )
-        shutil.copy2(done, site / "notebooks" / notebook.name)
+        shutil.copy2(done, site / notebook.parent.name / notebook.name)
     return site
 
 
@@ -121,7 +133,7 @@ def build_book(quick: bool) -> Path:
 
 def is_fresh(notebook: Path, quick: bool) -> bool:
     """Whether the executed copy of ``notebook`` exists and is newer than its source."""
-    done = executed_dir(quick) / notebook.name
+    done = executed_path(notebook, quick)
     return done.exists() and done.stat().st_mtime > notebook.stat().st_mtime
 
 
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     quick = args.quick or os.environ.get("QUICK", "") not in ("", "0")
 
     timings = {}
-    for notebook in chapter_notebooks():
+    for notebook in chapter_notebooks() + page_notebooks():
         if args.only and not notebook.name.startswith(args.only):
             continue
         if args.command == "book" and args.reuse and is_fresh(notebook, quick):

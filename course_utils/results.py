@@ -1,7 +1,7 @@
 """Each chapter's headline metrics, written as a small JSON file the book's results page reads.
 
-Files go to ``$COURSE_METRICS_DIR`` (the pipeline sets it to ``_build/metrics``), or to
-``_build/metrics`` at the repository root when run by hand.
+Files go to ``_build/metrics/<quick|full>/`` at the repository root, or to ``$COURSE_METRICS_DIR``
+when it is set, so a quick run never overwrites the numbers of a full one.
 """
 
 from __future__ import annotations
@@ -15,14 +15,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["metrics_dir", "read_metrics", "record_metrics"]
+__all__ = [
+    "metrics_dir",
+    "read_execution_times",
+    "read_metrics",
+    "record_execution_time",
+    "record_metrics",
+]
 
 
-def metrics_dir() -> Path:
-    """Where metrics JSON files are written and read."""
+def metrics_dir(quick: bool) -> Path:
+    """Where the metrics JSON files of this mode are written and read."""
     if env := os.environ.get("COURSE_METRICS_DIR"):
         return Path(env)
-    return Path(__file__).resolve().parents[1] / "_build" / "metrics"
+    return (
+        Path(__file__).resolve().parents[1] / "_build" / "metrics" / ("quick" if quick else "full")
+    )
 
 
 def record_metrics(chapter: str, device: torch.device | str, quick: bool, **metrics: Any) -> Path:
@@ -36,13 +44,29 @@ def record_metrics(chapter: str, device: torch.device | str, quick: bool, **metr
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "metrics": metrics,
     }
-    path = metrics_dir() / f"{chapter}.json"
+    path = metrics_dir(quick) / f"{chapter}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def read_metrics() -> dict[str, dict[str, Any]]:
-    """All recorded chapters, keyed by chapter name, in order."""
-    folder = metrics_dir()
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+def read_metrics(quick: bool) -> dict[str, dict[str, Any]]:
+    """All chapters recorded in this mode, keyed by chapter name, in order."""
+    folder = metrics_dir(quick)
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("[0-9]*.json"))}
+
+
+def record_execution_time(notebook: str, seconds: float, quick: bool) -> Path:
+    """Add one notebook's execution time to ``<metrics_dir>/execution_times.json``."""
+    path = metrics_dir(quick) / "execution_times.json"
+    times = json.loads(path.read_text()) if path.exists() else {}
+    times[notebook] = round(seconds, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_execution_times(quick: bool) -> dict[str, float]:
+    """Seconds each notebook took in the last pipeline run of this mode (empty if none)."""
+    path = metrics_dir(quick) / "execution_times.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,4 +1,5 @@
-"""Every chapter executes in quick mode (one test per chapter), then the book builds from them.
+"""Every chapter, then every executable book page, runs in quick mode (one test each); then the
+book builds from those executed copies.
 
 The book test comes last in this file so it reuses the executed copies; run on its own, it
 executes whatever is missing first.
@@ -16,6 +17,18 @@ from course_utils import pipeline
 from course_utils.results import metrics_dir
 
 CHAPTERS = pipeline.chapter_notebooks()
+PAGES = pipeline.page_notebooks()
+
+
+def _errors(path: Path) -> list[dict]:
+    executed = nbformat.read(path, as_version=4)
+    return [
+        o
+        for c in executed.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
 
 
 def test_there_are_chapters() -> None:
@@ -27,25 +40,24 @@ def test_there_are_chapters() -> None:
 def test_chapter_runs_in_quick_mode(notebook: Path) -> None:
     """papermill runs the chapter with QUICK=True, it records its metrics, and leaves no errors."""
     out = pipeline.execute_notebook(notebook, quick=True, device="cpu")
+    assert not _errors(out)
     executed = nbformat.read(out, as_version=4)
-    errors = [
-        o
-        for c in executed.cells
-        if c.cell_type == "code"
-        for o in c.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
-    assert not errors
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "QUICK = True" in injected[0].source
-    record = json.loads((metrics_dir() / f"{notebook.stem}.json").read_text())
+    record = json.loads((metrics_dir(quick=True) / f"{notebook.stem}.json").read_text())
     assert record["mode"] == "quick"
     assert record["metrics"], "the chapter recorded no headline metrics"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_book_page_runs(page: Path) -> None:
+    """Each executable book page (cheat sheet, results) runs without errors after the chapters."""
+    assert not _errors(pipeline.execute_notebook(page, quick=True, device="cpu"))
+
+
 def test_book_builds_from_executed_copies() -> None:
     """jupyter-book builds the site with warnings as errors; each chapter page has its figures."""
-    for notebook in CHAPTERS:
+    for notebook in CHAPTERS + PAGES:
         if not pipeline.is_fresh(notebook, quick=True):
             pipeline.execute_notebook(notebook, quick=True, device="cpu")
     index = pipeline.build_book(quick=True)
