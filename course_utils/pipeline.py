@@ -29,6 +29,7 @@ __all__ = [
     "REPO",
     "build_book",
     "chapter_notebooks",
+    "ensure_book",
     "execute_notebook",
     "executed_dir",
     "executed_path",
@@ -75,15 +76,25 @@ def execute_notebook(
     out = executed_path(notebook, quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    papermill.execute_notebook(
-        str(notebook),
-        str(out),
-        parameters={"QUICK": quick, "DEVICE": device},
-        cwd=str(notebook.parent),
-        kernel_name="python3",
-        progress_bar=progress,
-        report_mode=False,
-    )
+    # Progress bars are live widgets in JupyterLab but dead weight on a static page; the kernel
+    # inherits this process's environment.
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(out),
+            parameters={"QUICK": quick, "DEVICE": device},
+            cwd=str(notebook.parent),
+            kernel_name="python3",
+            progress_bar=progress,
+            report_mode=False,
+        )
+    finally:
+        if previous is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     seconds = time.perf_counter() - start
     record_execution_time(notebook.stem, seconds, quick)
     print(f"executed {notebook.name} ({'quick' if quick else 'full'}) in {seconds:.1f} s")
@@ -129,6 +140,14 @@ def build_book(quick: bool) -> Path:
     index = BUILD / "html" / "index.html"
     print(f"\nThe book is built: open file://{index}")
     return index
+
+
+def ensure_book(quick: bool) -> Path:
+    """Execute whatever has no fresh executed copy, then build the book; returns its index."""
+    for notebook in chapter_notebooks() + page_notebooks():
+        if not is_fresh(notebook, quick):
+            execute_notebook(notebook, quick, device="cpu")
+    return build_book(quick)
 
 
 def is_fresh(notebook: Path, quick: bool) -> bool:

@@ -159,7 +159,10 @@ def fit(
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     device = _model_device(model)
     history = History()
-    bar = tqdm(total=epochs * len(train), desc=desc, disable=not progress, unit="batch")
+    # $TQDM_DISABLE is set by the book build: a progress bar means nothing on a static page.
+    # (tqdm's notebook bar ignores that variable, so it is read here.)
+    disable = not progress or os.environ.get("TQDM_DISABLE", "0") not in ("", "0")
+    bar = tqdm(total=epochs * len(train), desc=desc, unit="batch", disable=disable)
     for epoch in range(epochs):
         model.train()
         start = time.perf_counter()
