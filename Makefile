@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 QUICK ?=
 QUICK_FLAG := $(if $(filter-out 0,$(QUICK)),--quick,)
 
-.PHONY: help book test lint data lab exercises solutions clean
+.PHONY: help book test lint data lab exercises solutions bench gpu-run clean
 
 help:
 	@echo "make book   - install, fetch data, execute every chapter (QUICK=1 for quick mode), build _build/html"
@@ -16,6 +16,8 @@ help:
 	@echo "make data   - fetch and verify Fashion-MNIST only"
 	@echo "make exercises - regenerate exercises/ from solutions/"
 	@echo "make solutions - re-execute solutions/ in place (nbval's reference outputs), then regenerate exercises/"
+	@echo "make bench  - training-speed benchmark (python -m course_utils.bench), table + _build/bench/*.json"
+	@echo "make gpu-run - on a CUDA machine: every notebook in full mode with DEVICE=cuda, then the benchmark"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +47,12 @@ exercises: $(STAMP)
 
 solutions: $(STAMP) data
 	$(PY) -m course_utils.exercises execute
+
+bench: $(STAMP) data
+	$(PY) -m course_utils.bench
+
+gpu-run: $(STAMP) data
+	DEVICE=cuda $(PY) -m course_utils.bench --device cuda --run-notebooks full
 
 clean:
 	rm -rf _build

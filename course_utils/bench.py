@@ -1,0 +1,225 @@
+"""Benchmark: where training time goes, measured side by side in one run.
+
+``python -m course_utils.bench`` trains the seed CNN for one epoch with each input pipeline and
+speed switch (the seed's per-image ``DataLoader`` pipeline first, as the reference), times the
+course's best recipe to 91% and 93% test accuracy, reports peak memory, and lists the notebooks'
+execution times recorded by the last pipeline runs. It prints a table and writes JSON to
+``_build/bench/``. It runs unchanged on CPU and CUDA (``--device``).
+
+Examples::
+
+    python -m course_utils.bench                       # everything, on the auto-picked device
+    python -m course_utils.bench --skip-accuracy       # only the throughput table
+    python -m course_utils.bench --run-notebooks quick # also execute every notebook, timed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import TensorLoader, load_tensors, torchvision_datasets
+from .models import FashionCNN
+from .results import read_execution_times
+from .train import evaluate, pick_device, seed_everything, time_training_steps
+
+__all__ = ["LoaderResult", "best_recipe_time_to_accuracy", "loader_table", "main", "peak_memory"]
+
+OUT_DIR = Path(__file__).resolve().parents[1] / "_build" / "bench"
+
+
+@dataclass
+class LoaderResult:
+    """Throughput of one input-pipeline/speed-switch variant of the seed CNN."""
+
+    variant: str
+    batch_size: int
+    images_per_s: float
+    seconds_per_epoch: float
+    speedup_vs_seed: float = 1.0
+
+
+def _seed_model(device: torch.device, channels_last: bool, compile_model: bool) -> FashionCNN:
+    seed_everything(0)
+    model = FashionCNN().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def loader_table(
+    device: torch.device, n_batches: int = 200, with_compile: bool = False
+) -> list[LoaderResult]:
+    """Images/s of seed-CNN training steps for each variant; seconds per epoch extrapolated to
+    the 54,000-image training split. The first row is the seed's pipeline."""
+    splits = load_tensors()
+    train = splits["train"]
+    n_train = len(train)
+    seed_loader = DataLoader(torchvision_datasets()["train"], batch_size=64, shuffle=True)
+    variants: list[tuple[str, object, int, bool, bool, bool]] = [
+        ("seed: DataLoader + ToTensor/Normalize, fp32", seed_loader, 64, False, False, False),
+        ("TensorLoader, fp32", None, 64, False, False, False),
+        ("TensorLoader + channels_last", None, 64, True, False, False),
+        ("TensorLoader + channels_last + bf16", None, 64, True, True, False),
+        ("TensorLoader + channels_last + bf16", None, 256, True, True, False),
+    ]
+    if with_compile:
+        variants.append(
+            ("TensorLoader + channels_last + bf16 + compile", None, 256, True, True, True)
+        )
+    results: list[LoaderResult] = []
+    for name, loader, batch_size, channels_last, bf16, compile_model in variants:
+        if loader is None:
+            loader = TensorLoader(train, batch_size, shuffle=True, device=device)
+        model = _seed_model(device, channels_last, compile_model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        batches = min(n_batches, n_train // batch_size - 10)
+        warmup = 10 if compile_model else 3
+        rate = time_training_steps(model, optimizer, loader, batches, bf16=bf16, warmup=warmup)
+        results.append(LoaderResult(name, batch_size, rate, n_train / rate))
+        print(f"  {name} (batch {batch_size}): {rate:,.0f} images/s", flush=True)
+    for r in results:
+        r.speedup_vs_seed = r.images_per_s / results[0].images_per_s
+    return results
+
+
+def best_recipe_time_to_accuracy(
+    device: torch.device, targets: tuple[float, ...] = (0.91, 0.93), max_epochs: int = 20
+) -> dict[str, object]:
+    """Train the course's best recipe and record the wall time at which test accuracy, checked
+    after every epoch, first reaches each target.
+
+    The recipe combines chapters 2–4: BatchNorm, dropout 0.25, light augmentation (flips and
+    2-pixel shifts), AdamW with a one-cycle schedule, batch 256, channels_last + bf16. Test
+    accuracy is used here only as the benchmark's finish line, as in time-to-accuracy benchmarks;
+    no choice of the recipe is made from it.
+    """
+    splits = load_tensors()
+    seed_everything(0)
+    model = FashionCNN(norm="batch", dropout=0.25).to(device).to(memory_format=torch.channels_last)
+    train = TensorLoader(splits["train"], 256, shuffle=True, device=device, augment=True)
+    test = TensorLoader(splits["test"], 2000, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=3e-3, total_steps=max_epochs * len(train)
+    )
+    loss_fn = torch.nn.CrossEntropyLoss()
+    reached: dict[str, float | None] = {f"{t:.0%}": None for t in targets}
+    curve = []
+    train_seconds = 0.0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for x, y in train:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        _, accuracy = evaluate(model, test)  # evaluation time is counted too
+        train_seconds += time.perf_counter() - start
+        curve.append({"epoch": epoch, "seconds": train_seconds, "test_accuracy": accuracy})
+        print(f"  epoch {epoch}: {train_seconds:.1f} s, test accuracy {accuracy:.2%}", flush=True)
+        for target in targets:
+            key = f"{target:.0%}"
+            if reached[key] is None and accuracy >= target:
+                reached[key] = train_seconds
+        if all(v is not None for v in reached.values()):
+            break
+    return {"seconds_to": reached, "curve": curve, "max_epochs": max_epochs}
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (MiB), and peak CUDA memory allocated if on a GPU."""
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    memory = {"peak_rss_mib": rss_kib / 1024}
+    if device.type == "cuda":
+        memory["peak_cuda_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return memory
+
+
+def _print_table(rows: list[LoaderResult]) -> None:
+    print(f"\n{'variant':<48} {'batch':>5} {'images/s':>10} {'s/epoch':>8} {'× seed':>7}")
+    for r in rows:
+        print(
+            f"{r.variant:<48} {r.batch_size:>5} {r.images_per_s:>10,.0f} "
+            f"{r.seconds_per_epoch:>8.1f} {r.speedup_vs_seed:>7.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m course_utils.bench", description=__doc__)
+    parser.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda")
+    parser.add_argument("--batches", type=int, default=200, help="timed batches per variant")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile")
+    parser.add_argument("--skip-accuracy", action="store_true", help="skip time-to-accuracy")
+    parser.add_argument("--max-epochs", type=int, default=20, help="time-to-accuracy epoch cap")
+    parser.add_argument(
+        "--run-notebooks",
+        choices=["none", "quick", "full"],
+        default="none",
+        help="execute every notebook in this mode first (default: report the last runs)",
+    )
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    report: dict[str, object] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+    }
+    if args.run_notebooks != "none":
+        from . import pipeline
+
+        for notebook in pipeline.chapter_notebooks() + pipeline.page_notebooks():
+            pipeline.execute_notebook(notebook, args.run_notebooks == "quick", str(device))
+    print(f"Seed CNN training throughput on {device} ({report['device_name']}):", flush=True)
+    rows = loader_table(device, args.batches, args.compile)
+    report["loaders"] = [asdict(r) for r in rows]
+    _print_table(rows)
+    if not args.skip_accuracy:
+        print("\nBest recipe, time to test accuracy:", flush=True)
+        report["time_to_accuracy"] = best_recipe_time_to_accuracy(
+            device, max_epochs=args.max_epochs
+        )
+        for target, seconds in report["time_to_accuracy"]["seconds_to"].items():
+            shown = f"{seconds:.1f} s" if seconds is not None else "not reached"
+            print(f"  {target}: {shown}")
+    report["memory"] = peak_memory(device)
+    print(f"\nPeak memory: {report['memory']}")
+    times = {mode: read_execution_times(mode == "quick") for mode in ("quick", "full")}
+    report["notebook_seconds"] = times
+    for mode, by_notebook in times.items():
+        if by_notebook:
+            listed = ", ".join(f"{k} {v:.0f} s" for k, v in by_notebook.items())
+            print(
+                f"Notebooks ({mode}, last run): {listed}; total {sum(by_notebook.values()):.0f} s"
+            )
+        else:
+            print(f"Notebooks ({mode}): no recorded run (see --run-notebooks)")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out = OUT_DIR / f"bench_{device.type}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
