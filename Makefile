@@ -32,8 +32,8 @@ book: $(STAMP) data
 	$(PY) -m course_utils.pipeline book $(QUICK_FLAG)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check course_utils tests notebooks solutions exercises book
-	$(VENV)/bin/ruff format --check course_utils tests notebooks solutions exercises book
+	$(VENV)/bin/ruff check course_utils apps tests notebooks solutions exercises book
+	$(VENV)/bin/ruff format --check course_utils apps tests notebooks solutions exercises book
 
 test: $(STAMP) data lint
 	$(PY) -m course_utils.exercises check

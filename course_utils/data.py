@@ -4,7 +4,7 @@ The data lives in torchvision's layout (``<root>/FashionMNIST/raw/``) so that
 ``torchvision.datasets.FashionMNIST(root)`` works unchanged. :func:`ensure_fashion_mnist` fills that
 folder from the first source that works, in this order:
 
-1. the files already in the root;
+1. the files already in the root (decompressed, or ``.gz`` files placed there by hand);
 2. Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist/*.gz``);
 3. torchvision's download.
 
@@ -206,9 +206,12 @@ def ensure_fashion_mnist(
 
     tried = [f"already in {raw}: " + "; ".join(f"{k}: {v}" for k, v in problems.items())]
     downloader = _torchvision_download if download is True else download or None
-    sources: list[tuple[str, Callable[[], None]]] = [
-        (f"Debian package files in {debian_dir}", lambda: _from_directory(debian_dir, raw)),
-    ]
+    sources: list[tuple[str, Callable[[], None]]] = []
+    if any(raw.glob("*.gz")):
+        sources.append((f"gzipped files in {raw}", lambda: _from_directory(raw, raw)))
+    sources.append(
+        (f"Debian package files in {debian_dir}", lambda: _from_directory(debian_dir, raw))
+    )
     if downloader is not None:
         sources.append(("torchvision download", lambda: downloader(root)))
 

@@ -213,6 +213,20 @@ def test_happy_path_from_debian_writes_four_verified_files(
     assert ensure_fashion_mnist(root, debian_dir=tmp_path / "gone", download=False) == root
 
 
+def test_gz_files_placed_in_the_root_are_decompressed(
+    tmp_path: Path, debian_dir: Path, no_debian: Path
+) -> None:
+    """Breaks if ``.gz`` files a learner copied into the raw folder are ignored (the error
+    message tells learners that .gz is fine there)."""
+    root = tmp_path / "root"
+    raw_dir(root).mkdir(parents=True)
+    for name in ORIGINAL_SHA256:
+        shutil.copy(debian_dir / f"{name}.gz", raw_dir(root) / f"{name}.gz")
+    assert ensure_fashion_mnist(root, debian_dir=no_debian, download=False) == root
+    for name, expected in ORIGINAL_SHA256.items():
+        assert sha256(raw_dir(root) / name) == expected, name
+
+
 def truncated_gz(debian: Path, name: str) -> bytes:
     """The first MiB of Debian's real ``.gz``: it decompresses a while, then ends early."""
     with (debian / f"{name}.gz").open("rb") as f:
