@@ -1,0 +1,259 @@
+"""The PNG folder: export layout and CSV, ImageFolder parity, and every bad input's policy."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from course_utils.data import CLASSES, MEAN, STD, FashionMNISTTensors, standard_transform
+from course_utils.pngfolder import (
+    BadImageError,
+    PNGFolder,
+    class_folder_name,
+    export_image_folder,
+    load_grey,
+    make_bad_examples,
+    read_png_cv2,
+    read_png_pil,
+)
+
+
+@pytest.fixture(scope="module")
+def small(fashion_splits: dict[str, FashionMNISTTensors]) -> FashionMNISTTensors:
+    """Three real test images per class."""
+    labels = fashion_splits["test"].labels
+    idx = torch.cat([torch.nonzero(labels == c).flatten()[:3] for c in range(10)])
+    return fashion_splits["test"].subset(idx)
+
+
+@pytest.fixture
+def exported(tmp_path: Path, small: FashionMNISTTensors) -> Path:
+    export_image_folder(small, tmp_path / "pngs", prefix="test")
+    return tmp_path / "pngs"
+
+
+@pytest.fixture
+def bad_root(tmp_path: Path, small: FashionMNISTTensors) -> tuple[Path, dict[str, str]]:
+    root = tmp_path / "bad"
+    expected = make_bad_examples(root / "0_mixed", small.images[0].numpy())
+    (root / "1_clean").mkdir()
+    Image.fromarray(small.images[1].numpy()).save(root / "1_clean" / "a.png")
+    (root / "2_empty").mkdir()
+    (root / ".hidden_folder").mkdir()
+    return root, expected
+
+
+def _reasons(ds: PNGFolder) -> dict[str, str]:
+    return {Path(s.path).name: s.reason for s in ds.report}
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def test_export_layout_and_csv(exported: Path, small: FashionMNISTTensors) -> None:
+    folders = sorted(p.name for p in exported.iterdir() if p.is_dir())
+    assert folders == [class_folder_name(c, n) for c, n in enumerate(CLASSES)]
+    assert folders[0] == "0_T-shirt-top" and folders[9] == "9_Ankle-boot"
+    csv = pd.read_csv(exported / "labels.csv")
+    assert list(csv.columns) == ["path", "label", "class_name"]
+    assert len(csv) == 30 and csv["label"].tolist() == small.labels.tolist()
+    for row in csv.itertuples():
+        assert row.path.startswith(class_folder_name(row.label, CLASSES[row.label]) + "/")
+        assert (exported / row.path).is_file()
+    first = np.asarray(Image.open(exported / csv.path[0]))
+    assert np.array_equal(first, small.images[0].numpy())  # PNG is lossless
+    assert not list(exported.rglob("*.tmp"))
+
+
+def test_export_appends_a_second_split(exported: Path, small: FashionMNISTTensors) -> None:
+    export_image_folder(small.subset(torch.arange(5)), exported, prefix="extra")
+    csv = pd.read_csv(exported / "labels.csv")
+    assert len(csv) == 35 and csv.path.is_unique
+
+
+# --- parity ------------------------------------------------------------------------------------
+
+
+def test_parity_with_imagefolder(exported: Path) -> None:
+    ours = PNGFolder(exported, on_error="raise")
+    ref = datasets.ImageFolder(
+        exported, transform=transforms.Compose([transforms.Grayscale(1), standard_transform()])
+    )
+    assert ours.classes == ref.classes and ours.class_to_idx == ref.class_to_idx
+    assert [(Path(p), y) for p, y in ours.samples] == [(Path(p), y) for p, y in ref.samples]
+    assert len(ours) == len(ref) == 30
+    for i in range(len(ours)):
+        (x, y), (x_ref, y_ref) = ours[i], ref[i]
+        assert y == y_ref
+        assert torch.equal(x, x_ref)
+    assert ours.report == []
+
+
+def test_labels_match_the_csv_and_the_pixels_the_source(
+    exported: Path, small: FashionMNISTTensors
+) -> None:
+    ds = PNGFolder(exported)
+    csv = pd.read_csv(exported / "labels.csv").set_index("path")
+    for path, label in ds.samples:
+        assert csv.loc[Path(path).relative_to(exported).as_posix(), "label"] == label
+    x, y = ds[0]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    expected = (small.images[small.labels == y][0].float() / 255 - MEAN) / STD
+    torch.testing.assert_close(x[0], expected)
+
+
+def test_pil_and_opencv_read_the_same_pixels(exported: Path) -> None:
+    for path in sorted(exported.rglob("*.png"))[:5]:
+        assert np.array_equal(read_png_pil(path), read_png_cv2(path))
+
+
+def test_opencv_missing_file_is_an_error_not_none(tmp_path: Path) -> None:
+    with pytest.raises(BadImageError, match="missing.png"):
+        read_png_cv2(tmp_path / "missing.png")
+
+
+# --- bad input: one policy each ----------------------------------------------------------------
+
+
+def test_missing_root() -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        PNGFolder("no/such/folder")
+
+
+def test_root_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f.png").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        PNGFolder(tmp_path / "f.png")
+
+
+def test_root_without_class_folders(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no class folders"):
+        PNGFolder(tmp_path)
+
+
+def test_bad_option() -> None:
+    with pytest.raises(ValueError, match="on_error"):
+        PNGFolder(".", on_error="ignore")  # type: ignore[arg-type]
+
+
+def test_skip_policy_reports_every_bad_file(bad_root: tuple[Path, dict[str, str]]) -> None:
+    root, expected = bad_root
+    ds = PNGFolder(root, on_error="skip")
+    kept = {Path(p).name for p, _ in ds.samples}
+    reasons = _reasons(ds)
+    assert kept == {n for n, o in expected.items() if o == "ok"} | {"a.png"}
+    for name, outcome in expected.items():
+        if outcome == "bad":
+            assert reasons[name].startswith("bad file, skipped"), name
+        elif outcome == "ignored":
+            assert "ignored" in reasons[name], name
+    assert "truncated" in reasons["truncated.png"]
+    assert "not an image" in reasons["not_an_image.png"]
+    assert "JPEG, not PNG" in reasons["as_jpeg.png"]
+    assert "size 32×32, expected 28×28" in reasons["wrong_size.png"]
+    assert reasons[".DS_Store"] == "hidden file: ignored"
+    assert reasons["._good.png"] == "hidden file: ignored"  # macOS AppleDouble, PNG-named
+    assert reasons["notes.txt"] == "not a .png file: ignored"
+    assert reasons["2_empty"].startswith("empty class folder")
+    assert reasons[".hidden_folder"] == "hidden folder: ignored"
+    # the report carries paths relative to the root, and works as a table
+    frame = ds.report_frame()
+    assert list(frame.columns) == ["path", "reason"]
+    assert "0_mixed/truncated.png" in frame.path.tolist()
+
+
+def test_empty_class_folder_keeps_label_numbering(bad_root: tuple[Path, dict[str, str]]) -> None:
+    root, _ = bad_root
+    ds = PNGFolder(root)
+    assert ds.classes == ["0_mixed", "1_clean", "2_empty"]
+    assert ds.class_to_idx == {"0_mixed": 0, "1_clean": 1, "2_empty": 2}
+    # torchvision's ImageFolder makes a hidden folder (.ipynb_checkpoints, say) a class, which
+    # shifts every label, and by default refuses a folder with an empty class.
+    ref = datasets.ImageFolder(root, allow_empty=True)
+    assert ref.class_to_idx[".hidden_folder"] == 0 and ref.class_to_idx["2_empty"] == 3
+    with pytest.raises(FileNotFoundError):
+        datasets.ImageFolder(root)
+    (root / ".hidden_folder").rmdir()
+    assert datasets.ImageFolder(root, allow_empty=True).class_to_idx == ds.class_to_idx
+
+
+def test_raise_policy_lists_every_bad_file(bad_root: tuple[Path, dict[str, str]]) -> None:
+    root, expected = bad_root
+    with pytest.raises(BadImageError) as err:
+        PNGFolder(root, on_error="raise")
+    message = str(err.value)
+    assert message.startswith("4 bad file(s)")
+    for name, outcome in expected.items():
+        assert (name in message) == (outcome == "bad"), name
+
+
+def test_converted_modes_give_the_original_grey_pixels(
+    bad_root: tuple[Path, dict[str, str]], small: FashionMNISTTensors
+) -> None:
+    root, _ = bad_root
+    good = small.images[0].numpy()
+    for name, mode in [("rgba", "RGBA"), ("sixteen_bit", "I;16"), ("palette", "P")]:
+        path = root / "0_mixed" / f"{name}.png"
+        assert Image.open(path).mode == mode
+        assert np.array_equal(np.asarray(load_grey(path)), good), name
+
+
+def test_rgba_transparency_is_black_background(tmp_path: Path) -> None:
+    rgba = np.zeros((28, 28, 4), dtype=np.uint8)
+    rgba[..., :3] = 200  # bright colour ...
+    rgba[:14, :, 3] = 255  # ... opaque in the top half, transparent in the bottom half
+    Image.fromarray(rgba).save(tmp_path / "x.png")
+    grey = np.asarray(load_grey(tmp_path / "x.png"))
+    assert (grey[:14] == 200).all() and (grey[14:] == 0).all()
+
+
+def test_sixteen_bit_is_rescaled_not_clipped(tmp_path: Path) -> None:
+    values = np.linspace(0, 65535, 28 * 28).reshape(28, 28).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "x.png")
+    grey = np.asarray(load_grey(tmp_path / "x.png"))
+    assert grey.min() == 0 and grey.max() == 255
+    assert len(np.unique(grey)) > 200  # PIL's plain convert("L") would clip most to 255
+
+
+def test_wrong_size_accepted_when_asked(bad_root: tuple[Path, dict[str, str]]) -> None:
+    root, _ = bad_root
+    ds = PNGFolder(root, expected_size=None, transform=transforms.ToTensor())
+    assert "wrong_size.png" in {Path(p).name for p, _ in ds.samples}
+
+
+def test_file_corrupted_after_the_scan_names_the_file(exported: Path) -> None:
+    ds = PNGFolder(exported)
+    path = Path(ds.samples[3][0])
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(BadImageError, match=path.name):
+        ds[3]
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+def test_pickles_and_loads_with_two_workers(exported: Path) -> None:
+    ds = PNGFolder(exported)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[5][0], ds[5][0])
+    batches0 = list(DataLoader(ds, batch_size=8, num_workers=0))
+    batches2 = list(DataLoader(ds, batch_size=8, num_workers=2))
+    assert len(batches0) == len(batches2) == 4
+    for (x0, y0), (x2, y2) in zip(batches0, batches2, strict=True):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+
+
+def test_a_bad_file_in_a_worker_is_reported_with_its_path(exported: Path) -> None:
+    ds = PNGFolder(exported)
+    path = Path(ds.samples[0][0])
+    path.write_bytes(b"not a png")
+    with pytest.raises(BadImageError, match=path.name):
+        list(DataLoader(ds, batch_size=4, num_workers=2))
