@@ -127,6 +127,9 @@ def stage_site(quick: bool) -> Path:
 def build_book(quick: bool) -> Path:
     """Build ``_build/html`` from the staged site (execution off, warnings are errors)."""
     site = stage_site(quick)
+    # A fresh html folder: Sphinx's incremental build would keep pages dropped from the TOC and
+    # skip extra files added since the last build.
+    shutil.rmtree(BUILD / "html", ignore_errors=True)
     cmd = [
         str(Path(sys.executable).parent / "jupyter-book"),
         "build",
