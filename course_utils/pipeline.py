@@ -96,9 +96,23 @@ def execute_notebook(
         else:
             os.environ["TQDM_DISABLE"] = previous
     seconds = time.perf_counter() - start
+    if notebook.parent.name == "book":  # reference pages: the parameters are noise to a reader
+        _hide_parameter_cells(out)
     record_execution_time(notebook.stem, seconds, quick)
     print(f"executed {notebook.name} ({'quick' if quick else 'full'}) in {seconds:.1f} s")
     return out
+
+
+def _hide_parameter_cells(path: Path) -> None:
+    """Tag the parameters and papermill's injected-parameters cells ``remove-cell``."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(nb, path)
 
 
 def stage_site(quick: bool) -> Path:
