@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name()
         if device.type == "cuda"
-        else platform.processor(),
+        else (platform.processor() or platform.machine()),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
