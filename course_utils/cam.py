@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from torch import nn
 
-from .data import MEAN, STD
+from .plots import display_image
 
 __all__ = [
     "GradCAM",
@@ -182,13 +182,12 @@ def overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> np.nd
         cam: ``[H, W]`` (or ``[h, w]``, upsampled here), already normalised to [0, 1].
         alpha: weight of the heatmap.
     """
-    img = image.detach().cpu().squeeze().float()
-    img = img / 255 if image.dtype == torch.uint8 else (img * STD + MEAN).clamp(0, 1)
+    img = display_image(image)
     cam = cam.detach().cpu().float()
     if cam.shape != img.shape:
         cam = upsample_cams(cam.unsqueeze(0), tuple(img.shape))[0]
     heat = plt.get_cmap("jet")(cam.clamp(0, 1).numpy())[..., :3]
-    grey = np.repeat(img.numpy()[..., None], 3, axis=2)
+    grey = np.repeat(img[..., None], 3, axis=2)
     return (1 - alpha) * grey + alpha * heat
 
 
@@ -209,9 +208,7 @@ def plot_cams(
         ax.axis("off")
     for k in range(n):
         r, c = 2 * (k // ncols), k % ncols
-        img = images[k].detach().cpu().squeeze().float()
-        img = img / 255 if images.dtype == torch.uint8 else (img * STD + MEAN).clamp(0, 1)
-        axes[r, c].imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=1)
+        axes[r, c].imshow(display_image(images[k]), cmap="gray_r", vmin=0, vmax=1)
         color = title_colors[k] if title_colors is not None else "black"
         axes[r, c].set_title(titles[k], fontsize=7, color=color)
         axes[r + 1, c].imshow(overlay(images[k], cams[k]))
@@ -239,9 +236,7 @@ def plot_cam_columns(
     n, ncols = len(images), 1 + len(columns)
     fig, axes = plt.subplots(n, ncols, figsize=(1.9 * ncols, 2.0 * n), squeeze=False)
     for i in range(n):
-        img = images[i].detach().cpu().squeeze().float()
-        img = img / 255 if images.dtype == torch.uint8 else (img * STD + MEAN).clamp(0, 1)
-        axes[i, 0].imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=1)
+        axes[i, 0].imshow(display_image(images[i]), cmap="gray_r", vmin=0, vmax=1)
         axes[i, 0].set_title(row_labels[i], fontsize=7)
         for j, (name, cams) in enumerate(columns.items(), start=1):
             axes[i, j].imshow(overlay(images[i], cams[i]))

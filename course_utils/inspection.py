@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from .data import MEAN, STD
+from .plots import display_image
 
 if TYPE_CHECKING:  # ipywidgets is imported lazily: the package works without a notebook front end
     import ipywidgets
@@ -169,9 +169,7 @@ def plot_filters(
 
 
 def _show_image(ax: plt.Axes, image: torch.Tensor, title: str) -> None:
-    x = image.detach().float().cpu().squeeze()
-    x = x / 255 if image.dtype == torch.uint8 else (x * STD + MEAN).clamp(0, 1)
-    ax.imshow(x.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(display_image(image), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title, fontsize=8)
     ax.axis("off")
 

@@ -17,6 +17,7 @@ from sklearn.metrics import confusion_matrix
 from .data import CLASSES, MEAN, STD
 
 __all__ = [
+    "display_image",
     "plot_confusion_matrix",
     "plot_history",
     "plot_misclassified",
@@ -94,7 +95,7 @@ def plot_confusion_matrix(
     return fig
 
 
-def _to_image(x: torch.Tensor) -> np.ndarray:
+def display_image(x: torch.Tensor) -> np.ndarray:
     """A ``[1, H, W]`` or ``[H, W]`` image, normalised or uint8, as floats in [0, 1]."""
     x = x.detach().cpu().squeeze()
     if x.dtype == torch.uint8:
@@ -116,7 +117,7 @@ def show_images(
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
-            ax.imshow(_to_image(images[k]), cmap="gray_r", vmin=0, vmax=1)
+            ax.imshow(display_image(images[k]), cmap="gray_r", vmin=0, vmax=1)
             if titles is not None:
                 color = title_colors[k] if title_colors is not None else "black"
                 ax.set_title(titles[k], fontsize=7, color=color)
