@@ -16,7 +16,7 @@ help:
 	@echo "make data   - fetch and verify Fashion-MNIST only"
 	@echo "make exercises - regenerate exercises/ from solutions/"
 	@echo "make solutions - re-execute solutions/ in place (nbval's reference outputs), then regenerate exercises/"
-	@echo "make bench  - training-speed benchmark (python -m course_utils.bench), table + _build/bench/*.json"
+	@echo "make bench  - training-speed benchmark (python -m course_utils.build.bench), table + _build/bench/*.json"
 	@echo "make gpu-run - on a CUDA machine: every notebook in full mode with DEVICE=cuda, then the benchmark"
 
 $(STAMP): pyproject.toml
@@ -29,30 +29,30 @@ data: $(STAMP)
 	$(PY) -m course_utils.data
 
 book: $(STAMP) data
-	$(PY) -m course_utils.pipeline book $(QUICK_FLAG)
+	$(PY) -m course_utils.build.pipeline book $(QUICK_FLAG)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check course_utils apps tests notebooks solutions exercises book
 	$(VENV)/bin/ruff format --check course_utils apps tests notebooks solutions exercises book
 
 test: $(STAMP) data lint
-	$(PY) -m course_utils.exercises check
+	$(PY) -m course_utils.build.exercises check
 	$(PY) -m pytest --nbval --nbval-sanitize-with solutions/nbval_sanitize.cfg -p no:cacheprovider tests solutions
 
 lab: $(STAMP) data
 	$(VENV)/bin/jupyter lab notebooks/
 
 exercises: $(STAMP)
-	$(PY) -m course_utils.exercises build
+	$(PY) -m course_utils.build.exercises build
 
 solutions: $(STAMP) data
-	$(PY) -m course_utils.exercises execute
+	$(PY) -m course_utils.build.exercises execute
 
 bench: $(STAMP) data
-	$(PY) -m course_utils.bench
+	$(PY) -m course_utils.build.bench
 
 gpu-run: $(STAMP) data
-	DEVICE=cuda $(PY) -m course_utils.bench --device cuda --run-notebooks full
+	DEVICE=cuda $(PY) -m course_utils.build.bench --device cuda --run-notebooks full
 
 clean:
 	rm -rf _build

@@ -39,10 +39,7 @@ def load_or_train_baseline(
             print(f"{path.name} not found: training the chapter-1 baseline now")
         seed_everything(seed)
         splits = load_tensors(data_dir, seed=seed)
-        train = splits["train"]
-        if quick:
-            keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-            train = train.subset(keep[:5000])
+        train = splits["train"].random_subset(5000 if quick else None, seed=seed)
         epochs = 1 if quick else 6
         model = FashionCNN().to(device).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)

@@ -34,7 +34,6 @@ from .plots import display_image
 __all__ = [
     "GradCAM",
     "gradcam_from",
-    "hook_count",
     "normalize_cams",
     "overlay",
     "pearson",
@@ -57,14 +56,6 @@ def _resolve(model: nn.Module, layer: nn.Module | str) -> tuple[str, nn.Module]:
         if module is layer:
             return name, module
     raise ValueError(f"{type(layer).__name__} is not a layer of this model")
-
-
-def hook_count(model: nn.Module) -> int:
-    """Forward, forward-pre and backward hooks registered on ``model`` and all its submodules."""
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        for m in model.modules()
-    )
 
 
 def gradcam_from(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from .data import FashionMNISTTensors, TensorLoader
+from .hooks import hook_count
 from .models import FashionCNN
 from .train import evaluate
 
@@ -1519,10 +1520,6 @@ def _dead_fixture() -> tuple[nn.Module, torch.Tensor, dict[str, int]]:
     return model.train(), x, expected
 
 
-def _hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
 def check_dead_per_layer(fn: Callable[[nn.Module, torch.Tensor], Mapping[str, int]]) -> None:
     """Exercise 3.2: ``dead_per_layer(model, x) -> {relu module name: dead units}``.
 
@@ -1545,7 +1542,7 @@ def check_dead_per_layer(fn: Callable[[nn.Module, torch.Tensor], Mapping[str, in
             ex, f"dead_per_layer raised {type(err).__name__}: {err}", "read the error above."
         ) from err
     finally:
-        left = _hook_count(model)
+        left = hook_count(model)
     if left:
         raise _failure(
             ex,
@@ -1582,7 +1579,7 @@ def check_dead_per_layer(fn: Callable[[nn.Module, torch.Tensor], Mapping[str, in
         raise
     except Exception:  # noqa: BLE001 - the forward pass is meant to fail here
         pass
-    if _hook_count(model):
+    if hook_count(model):
         raise _failure(
             ex,
             "hooks stay registered when the forward pass raises",

@@ -31,6 +31,8 @@ import torchvision
 from torch.utils.data import Subset
 from torchvision import transforms
 
+from .paths import REPO_ROOT
+
 __all__ = [
     "CLASSES",
     "DEBIAN_DIR",
@@ -43,6 +45,7 @@ __all__ = [
     "TensorLoader",
     "default_data_dir",
     "ensure_fashion_mnist",
+    "label_budget",
     "load_tensors",
     "standard_transform",
     "torchvision_datasets",
@@ -90,8 +93,8 @@ def default_data_dir() -> Path:
     """The data root: ``$COURSE_DATA_DIR`` if set, else ``data/`` at the repository root."""
     if env := os.environ.get("COURSE_DATA_DIR"):
         return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[1]
-    return repo / "data" if (repo / "pyproject.toml").exists() else Path.cwd() / "data"
+    root = REPO_ROOT if (REPO_ROOT / "pyproject.toml").exists() else Path.cwd()
+    return root / "data"
 
 
 def _sha256(path: Path) -> str:
@@ -278,6 +281,37 @@ class FashionMNISTTensors:
     def subset(self, indices: torch.Tensor) -> FashionMNISTTensors:
         """The rows at ``indices``."""
         return FashionMNISTTensors(self.images[indices], self.labels[indices])
+
+    def random_subset(self, n: int | None, seed: int = 0) -> FashionMNISTTensors:
+        """``n`` rows chosen by a permutation seeded with ``seed`` (``None``: all rows, unchanged).
+
+        The same ``n`` and ``seed`` give the same rows on every machine, so quick-mode runs and
+        the variants of a comparison all see the same images.
+        """
+        if n is None or n >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.subset(order[:n])
+
+
+def label_budget(labels: torch.Tensor, per_class: int | None, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of ``per_class`` randomly chosen examples of each class (``None``: all).
+
+    Raises:
+        ValueError: a class has fewer than ``per_class`` examples.
+    """
+    if per_class is None:
+        return torch.arange(len(labels))
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for c in labels.unique().tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has {len(idx)} examples, fewer than per_class={per_class}")
+        parts.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
+    return torch.cat(parts).sort().values
 
 
 def load_tensors(

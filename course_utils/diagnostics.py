@@ -1,23 +1,22 @@
-"""Looking inside a trained network: recording activations with hooks, counting dead units.
+"""Dead units, as chapter 3 counts them by hand: the package version for tables and tests.
 
-Hooks are owned by a context manager (:class:`ActivationRecorder`), so they are removed when the
-``with`` block ends, even if the forward pass raises. A hook left behind keeps recording on every
-later forward pass, holds on to tensors and slows training down.
+Activations are recorded with :func:`course_utils.hooks.capture_activations`, whose hooks are
+removed when its ``with`` block ends, even if the forward pass raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from types import TracebackType
+from collections.abc import Iterable
 
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
+from .hooks import capture_activations
 from .models import ACTIVATIONS
+from .train import eval_mode
 
-__all__ = ["ActivationRecorder", "activation_modules", "dead_units", "silent_units"]
+__all__ = ["activation_modules", "dead_units", "silent_units"]
 
 
 def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -25,60 +24,6 @@ def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
     by qualified name, in registration order."""
     kinds = tuple(ACTIVATIONS.values())
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
-
-
-class ActivationRecorder:
-    """Record the input (the pre-activation) and output of chosen modules during forward passes.
-
-    Use as a context manager; the hooks exist only inside the ``with`` block::
-
-        with ActivationRecorder(model, activation_modules(model)) as rec:
-            model(x)
-        rec.inputs["act1"]  # [N, C, H, W], detached
-
-    Each forward pass *replaces* what was recorded (the last call wins).
-
-    Args:
-        model: the network (used only to check that the modules belong to it).
-        modules: the modules to watch, by name.
-    """
-
-    def __init__(self, model: nn.Module, modules: Mapping[str, nn.Module]) -> None:
-        if not modules:
-            raise ValueError("no modules to record: pass at least one {name: module}")
-        own = {id(m) for m in model.modules()}
-        foreign = [name for name, m in modules.items() if id(m) not in own]
-        if foreign:
-            raise ValueError(f"modules {foreign} are not part of the model")
-        self.modules = dict(modules)
-        self.inputs: dict[str, torch.Tensor] = {}
-        self.outputs: dict[str, torch.Tensor] = {}
-        self._handles: list[RemovableHandle] = []
-
-    def _hook(self, name: str):  # noqa: ANN202 - a forward-hook closure
-        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            self.inputs[name] = args[0].detach()
-            self.outputs[name] = output.detach()
-
-        return hook
-
-    def __enter__(self) -> ActivationRecorder:
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in self.modules.items()]
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
-
-    def remove(self) -> None:
-        """Remove every hook (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
 
 def _unit_max(t: torch.Tensor) -> torch.Tensor:
@@ -104,7 +49,7 @@ def silent_units(pre_activation: torch.Tensor) -> torch.Tensor:
 def dead_units(
     model: nn.Module,
     batches: torch.Tensor | Iterable[tuple[torch.Tensor, torch.Tensor]],
-    modules: Mapping[str, nn.Module] | None = None,
+    names: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Per activation layer: how many units never had a positive pre-activation on ``batches``.
 
@@ -115,27 +60,28 @@ def dead_units(
         model: the network.
         batches: one input tensor, or an iterable of ``(x, y)`` batches (all are combined: a unit
             is counted as silent only if it is silent on every batch).
-        modules: the activation layers to inspect (default: :func:`activation_modules`).
+        names: the activation layers to inspect, by name (default: :func:`activation_modules`).
 
     Returns:
         One row per layer: ``units``, ``silent`` (count) and ``fraction``.
     """
-    modules = dict(modules) if modules is not None else activation_modules(model)
+    names = list(names) if names is not None else list(activation_modules(model))
+    if not names:
+        raise ValueError("no activation layers to inspect: pass their names")
     if isinstance(batches, torch.Tensor):
         batches = [(batches, None)]
     device = next(model.parameters()).device
     largest: dict[str, torch.Tensor] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        with ActivationRecorder(model, modules) as rec, torch.no_grad():
-            for x, _ in batches:
-                model(x.to(device))
-                for name, pre in rec.inputs.items():
-                    m = _unit_max(pre.float())
-                    largest[name] = m if name not in largest else torch.maximum(largest[name], m)
-    finally:
-        model.train(was_training)
+    with (
+        eval_mode(model),
+        capture_activations(model, names, inputs=True) as pre,
+        torch.no_grad(),
+    ):
+        for x, _ in batches:
+            model(x.to(device))
+            for name in names:
+                m = _unit_max(pre[name].pop())
+                largest[name] = m if name not in largest else torch.maximum(largest[name], m)
     if not largest:
         raise ValueError("no batches were given")
     rows = [

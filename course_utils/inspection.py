@@ -1,14 +1,12 @@
 """Looking inside a CNN: activations captured with forward hooks, filter grids, feature maps.
 
-Hooks are owned by the :func:`capture_activations` context manager, so they are removed when the
-``with`` block ends, even if the forward pass raises. A hook left behind keeps firing (and keeps
-tensors alive) on every later forward pass.
+Activations are recorded with :func:`course_utils.hooks.capture_activations` (chapter 5 writes
+the raw hooks first).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -16,7 +14,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from .hooks import capture_activations
 from .plots import display_image
+from .train import eval_mode
 
 if TYPE_CHECKING:  # ipywidgets is imported lazily: the package works without a notebook front end
     import ipywidgets
@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # ipywidgets is imported lazily: the package works without a 
 __all__ = [
     "STAGES",
     "activation_explorer",
-    "capture_activations",
     "channel_scores",
     "filters_for_display",
     "plot_activation",
@@ -48,53 +47,12 @@ STAGES: tuple[tuple[str, str, int], ...] = (
 )
 
 
-@contextmanager
-def capture_activations(
-    model: nn.Module, names: Iterable[str]
-) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Record the outputs of the named submodules during the forward passes inside the block.
-
-    Yields ``{name: [output of 1st call, output of 2nd call, ...]}`` (detached, on the CPU). A
-    module called twice per forward pass (a shared pooling layer) appends twice. The hooks are
-    removed on exit, also when the block raises.
-
-    Example::
-
-        with capture_activations(model, ["conv1"]) as acts:
-            model(x)
-        conv1_out = acts["conv1"][0]
-    """
-    modules = dict(model.named_modules())
-    names = list(names)
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        known = [n for n in modules if n]
-        raise KeyError(f"no submodule named {unknown}; the model has {known}")
-    captured: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    handles = []
-    try:
-        for name in names:
-
-            def hook(_module: nn.Module, _inputs: object, output: torch.Tensor, name=name) -> None:
-                captured[name].append(output.detach().float().cpu().clone())
-
-            handles.append(modules[name].register_forward_hook(hook))
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def stage_activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The output of each stage of :data:`STAGES` for the batch ``x``, in forward order."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with capture_activations(model, {m for _, m, _ in STAGES}) as acts, torch.no_grad():
-            model(x.to(device))
-    finally:
-        model.train(was_training)
+    modules = [m for _, m, _ in STAGES]
+    with eval_mode(model), capture_activations(model, modules) as acts, torch.no_grad():
+        model(x.to(device))
     return {stage: acts[module][call] for stage, module, call in STAGES}
 
 
@@ -237,18 +195,12 @@ def channel_scores(
     if reduce not in ("max", "mean"):
         raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     scores = []
-    try:
-        with capture_activations(model, [module_name]) as acts, torch.no_grad():
-            for x, _ in batches:
-                model(x.to(device))
-                out = acts[module_name].pop()
-                flat = out.flatten(2)
-                scores.append(flat.amax(2) if reduce == "max" else flat.mean(2))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), capture_activations(model, [module_name]) as acts, torch.no_grad():
+        for x, _ in batches:
+            model(x.to(device))
+            flat = acts[module_name].pop().flatten(2)
+            scores.append(flat.amax(2) if reduce == "max" else flat.mean(2))
     return torch.cat(scores)
 
 

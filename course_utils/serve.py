@@ -66,6 +66,7 @@ from torch import nn
 from werkzeug.exceptions import HTTPException
 
 from .data import CLASSES, MEAN, STD
+from .paths import REPO_ROOT
 from .train import load_checkpoint
 
 __all__ = [
@@ -554,7 +555,7 @@ def _server_process(model_path: Path, threads: int, timeout: float = 60) -> Iter
         stdout=subprocess.PIPE,
         text=True,
         env=env,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO_ROOT,
     )
     try:
         line: list[str] = []

@@ -11,7 +11,8 @@ import os
 import pickle
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .models import FashionCNN
+from .paths import REPO_ROOT
 
 __all__ = [
     "CheckpointError",
     "History",
     "checkpoint_path",
+    "eval_mode",
     "evaluate",
     "fit",
     "load_checkpoint",
@@ -94,6 +97,18 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for a ``with`` block; restore its previous mode afterwards,
+    also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def evaluate(
     model: nn.Module, batches: Batches, loss_fn: nn.Module | None = None
 ) -> tuple[float, float]:
@@ -103,17 +118,14 @@ def evaluate(
     """
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     device = _model_device(model)
-    was_training = model.training
-    model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             logits = model(x)
             total_loss += loss_fn(logits, y).item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)
-    model.train(was_training)
     if count == 0:
         raise ValueError("evaluate() got no batches")
     return total_loss / count, correct / count
@@ -122,14 +134,11 @@ def evaluate(
 def predict(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted class and true label for every example, as two CPU tensors."""
     device = _model_device(model)
-    was_training = model.training
-    model.eval()
     preds, labels = [], []
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for x, y in batches:
             preds.append(model(x.to(device)).argmax(1).cpu())
             labels.append(y.cpu())
-    model.train(was_training)
     return torch.cat(preds), torch.cat(labels)
 
 
@@ -242,7 +251,7 @@ def checkpoint_path(name: str, quick: bool = False) -> Path:
     """Where chapter checkpoints live: ``$COURSE_CHECKPOINT_DIR`` or ``checkpoints/`` at the
     repository root; quick-mode runs get their own file so they never replace a full-mode one."""
     folder = os.environ.get("COURSE_CHECKPOINT_DIR")
-    root = Path(folder) if folder else Path(__file__).resolve().parents[1] / "checkpoints"
+    root = Path(folder) if folder else REPO_ROOT / "checkpoints"
     return root / f"{name}{'_quick' if quick else ''}.pt"
 
 

@@ -23,7 +23,6 @@ __all__ = [
     "DIGIT_CLASSES",
     "changed_parameters",
     "freeze",
-    "label_budget",
     "load_digits_tensors",
     "parameter_counts",
     "snapshot",
@@ -114,23 +113,3 @@ def load_digits_tensors(
         "train": full.subset(torch.as_tensor(train_idx).sort().values),
         "test": full.subset(torch.as_tensor(test_idx).sort().values),
     }
-
-
-def label_budget(labels: torch.Tensor, per_class: int | None, seed: int = 0) -> torch.Tensor:
-    """Sorted indices of ``per_class`` randomly chosen examples of each class (``None``: all).
-
-    Raises:
-        ValueError: a class has fewer than ``per_class`` examples.
-    """
-    if per_class is None:
-        return torch.arange(len(labels))
-    if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
-    generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for c in labels.unique().tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        if len(idx) < per_class:
-            raise ValueError(f"class {c} has {len(idx)} examples, fewer than per_class={per_class}")
-        parts.append(idx[torch.randperm(len(idx), generator=generator)[:per_class]])
-    return torch.cat(parts).sort().values

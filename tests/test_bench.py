@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from course_utils.bench import loader_table, peak_memory
+from course_utils.build.bench import loader_table, peak_memory
 
 
 def test_loader_table_measures_each_variant_against_the_seed_pipeline() -> None:

@@ -10,7 +10,6 @@ from scipy.stats import spearmanr
 from course_utils.cam import (
     GradCAM,
     gradcam_from,
-    hook_count,
     normalize_cams,
     overlay,
     pearson,
@@ -21,6 +20,7 @@ from course_utils.cam import (
     torchcam_gradcam,
     upsample_cams,
 )
+from course_utils.hooks import hook_count
 from course_utils.models import FashionCNN
 
 

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from course_utils.diagnostics import (
-    ActivationRecorder,
     activation_modules,
     dead_units,
     silent_units,
@@ -59,20 +58,6 @@ def test_dead_units_restores_mode_and_removes_hooks_on_error() -> None:
     with pytest.raises(ValueError, match="built for 28×28"):
         dead_units(model, torch.randn(2, 1, 30, 30))
     assert model.training and no_hooks(model)
-
-
-def test_recorder_records_and_cleans_up() -> None:
-    model = hand_built()
-    with ActivationRecorder(model, {"relu": model[1]}) as rec:
-        model(torch.tensor([[1.0, 2.0]]))
-        assert not no_hooks(model)
-    assert no_hooks(model)
-    assert rec.inputs["relu"].tolist() == [[1.0, -1.0, 2.0, -0.5]]
-    assert rec.outputs["relu"].tolist() == [[1.0, 0.0, 2.0, 0.0]]
-    with pytest.raises(ValueError, match="not part of the model"):
-        ActivationRecorder(model, {"other": nn.ReLU()})
-    with pytest.raises(ValueError, match="at least one"):
-        ActivationRecorder(model, {})
 
 
 def test_activation_modules_finds_every_kind() -> None:

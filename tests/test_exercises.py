@@ -18,7 +18,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from course_utils.exercises import (
+from course_utils.build.exercises import (
     MarkerError,
     build,
     exercise_path,
@@ -27,8 +27,9 @@ from course_utils.exercises import (
     solution_notebooks,
     stale,
 )
+from course_utils.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 SOLUTIONS = solution_notebooks(ROOT)
 EXERCISES = sorted((ROOT / "exercises").glob("*.ipynb"))
 MARKER_ID = re.compile(r"^[ \t]*# BEGIN SOLUTION (\S+):", re.MULTILINE)
@@ -63,7 +64,8 @@ def test_there_are_solution_notebooks() -> None:
 
 def test_exercises_are_in_sync() -> None:
     problems = stale(ROOT)
-    assert not problems, "run `python -m course_utils.exercises build`:\n" + "\n".join(problems)
+    fix = "run `python -m course_utils.build.exercises build`:\n"
+    assert not problems, fix + "\n".join(problems)
 
 
 # --- (b) the generator, on small in-memory notebooks ------------------------------------------
@@ -208,7 +210,7 @@ def test_check_detects_stale_and_extra_files(tmp_path: Path) -> None:
         "stale: exercises/09_demo_exercises.ipynb",
         "extra: exercises/10_orphan_exercises.ipynb (no solutions/ source)",
     ]
-    cmd = [sys.executable, "-m", "course_utils.exercises", "check", "--root", str(root)]
+    cmd = [sys.executable, "-m", "course_utils.build.exercises", "check", "--root", str(root)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert "stale: exercises/09_demo_exercises.ipynb" in result.stderr
@@ -222,7 +224,7 @@ def test_cli_reports_bad_markers(tmp_path: Path) -> None:
     (tmp_path / "solutions").mkdir()
     nb = notebook(executed("# BEGIN SOLUTION 1.1: a\nx = 1"))
     nbformat.write(nb, tmp_path / "solutions" / "01_bad_solutions.ipynb")
-    cmd = [sys.executable, "-m", "course_utils.exercises", "build", "--root", str(tmp_path)]
+    cmd = [sys.executable, "-m", "course_utils.build.exercises", "build", "--root", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert "solutions/01_bad_solutions.ipynb, cell 0" in result.stderr

@@ -1,4 +1,4 @@
-"""Forward hooks that always go away, filter scaling and summaries, top-activating images."""
+"""Stage activations, filter scaling and summaries, top-activating images."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
+from course_utils.hooks import hook_count
 from course_utils.inspection import (
     STAGES,
     activation_explorer,
-    capture_activations,
     channel_scores,
     filters_for_display,
     plot_activation,
@@ -31,33 +31,6 @@ from course_utils.models import FashionCNN
 def model() -> FashionCNN:
     torch.manual_seed(0)
     return FashionCNN().eval()
-
-
-def _n_hooks(model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) for m in model.modules())
-
-
-def test_capture_records_outputs_and_removes_hooks(model: FashionCNN) -> None:
-    x = torch.randn(2, 1, 28, 28)
-    with capture_activations(model, ["conv1", "pool"]) as acts:
-        assert _n_hooks(model) == 2
-        model(x)
-    assert _n_hooks(model) == 0
-    torch.testing.assert_close(acts["conv1"][0], model.conv1(x).detach())
-    assert [tuple(a.shape) for a in acts["pool"]] == [(2, 32, 14, 14), (2, 64, 7, 7)]
-    assert not acts["conv1"][0].requires_grad
-
-
-def test_capture_removes_hooks_when_the_block_raises(model: FashionCNN) -> None:
-    with pytest.raises(ValueError, match="28×28"), capture_activations(model, ["conv1"]):
-        model(torch.zeros(1, 1, 20, 20))
-    assert _n_hooks(model) == 0
-
-
-def test_capture_unknown_name_is_a_clear_error(model: FashionCNN) -> None:
-    with pytest.raises(KeyError, match="conv3"), capture_activations(model, ["conv3"]):
-        pass
-    assert _n_hooks(model) == 0
 
 
 def test_stage_activations_match_a_manual_forward(model: FashionCNN) -> None:
@@ -117,7 +90,7 @@ def test_channel_scores_and_top_k(model: FashionCNN) -> None:
     top = top_k_indices(scores, 3)
     assert top.shape == (64, 3)
     assert torch.equal(top[:, 0], scores.argmax(0))
-    assert _n_hooks(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_figures_have_titles_and_colour_bars(model: FashionCNN) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils import pipeline
-from course_utils.results import metrics_dir
+from course_utils.build import pipeline
+from course_utils.build.results import metrics_dir
 
 CHAPTERS = pipeline.chapter_notebooks()
 PAGES = pipeline.page_notebooks()

@@ -18,7 +18,7 @@ from urllib.parse import urldefrag, urljoin, urlparse
 import pytest
 import yaml
 
-from course_utils import pipeline
+from course_utils.build import pipeline
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [

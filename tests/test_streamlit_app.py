@@ -12,9 +12,10 @@ from streamlit.testing.v1 import AppTest
 
 from course_utils.data import CLASSES
 from course_utils.models import FashionCNN
+from course_utils.paths import REPO_ROOT
 from course_utils.train import save_checkpoint
 
-APP = Path(__file__).resolve().parents[1] / "apps" / "streamlit_app.py"
+APP = REPO_ROOT / "apps" / "streamlit_app.py"
 TIMEOUT = 60  # AppTest's default of 3 s is too short for importing torch and loading the data
 
 

@@ -6,13 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils.data import TensorLoader
+from course_utils.data import TensorLoader, label_budget
 from course_utils.models import FashionCNN
 from course_utils.train import fit
 from course_utils.transfer import (
     changed_parameters,
     freeze,
-    label_budget,
     load_digits_tensors,
     parameter_counts,
     snapshot,

@@ -1,16 +1,16 @@
 """Benchmark: where training time goes, measured side by side in one run.
 
-``python -m course_utils.bench`` trains the seed CNN for one epoch with each input pipeline and
-speed switch (the seed's per-image ``DataLoader`` pipeline first, as the reference), times the
-course's best recipe to 91% and 93% test accuracy, reports peak memory, and lists the notebooks'
-execution times recorded by the last pipeline runs. It prints a table and writes JSON to
+``python -m course_utils.build.bench`` trains the seed CNN for one epoch with each input
+pipeline and speed switch (the seed's per-image ``DataLoader`` pipeline first, as the
+reference), times the course's best recipe to 91% and 93% test accuracy, reports peak memory,
+and lists the notebooks' execution times recorded by the last pipeline runs. It prints a table and writes JSON to
 ``_build/bench/``. It runs unchanged on CPU and CUDA (``--device``).
 
 Examples::
 
-    python -m course_utils.bench                       # everything, on the auto-picked device
-    python -m course_utils.bench --skip-accuracy       # only the throughput table
-    python -m course_utils.bench --run-notebooks quick # also execute every notebook, timed
+    python -m course_utils.build.bench                       # everything, on the auto-picked device
+    python -m course_utils.build.bench --skip-accuracy       # only the throughput table
+    python -m course_utils.build.bench --run-notebooks quick # also execute every notebook, timed
 """
 
 from __future__ import annotations
@@ -22,19 +22,19 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from .data import TensorLoader, load_tensors, torchvision_datasets
-from .models import FashionCNN
+from ..data import TensorLoader, load_tensors, torchvision_datasets
+from ..models import FashionCNN
+from ..paths import BUILD_DIR
+from ..train import evaluate, pick_device, seed_everything, time_training_steps
 from .results import read_execution_times
-from .train import evaluate, pick_device, seed_everything, time_training_steps
 
 __all__ = ["LoaderResult", "best_recipe_time_to_accuracy", "loader_table", "main", "peak_memory"]
 
-OUT_DIR = Path(__file__).resolve().parents[1] / "_build" / "bench"
+OUT_DIR = BUILD_DIR / "bench"
 
 
 @dataclass
@@ -162,7 +162,7 @@ def _print_table(rows: list[LoaderResult]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
-    parser = argparse.ArgumentParser(prog="python -m course_utils.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m course_utils.build.bench", description=__doc__)
     parser.add_argument("--device", default="auto", help="auto (cuda → mps → cpu), cpu, cuda")
     parser.add_argument("--batches", type=int, default=200, help="timed batches per variant")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile")

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..paths import BUILD_DIR
+
 __all__ = [
     "metrics_dir",
     "read_execution_times",
@@ -28,9 +30,7 @@ def metrics_dir(quick: bool) -> Path:
     """Where the metrics JSON files of this mode are written and read."""
     if env := os.environ.get("COURSE_METRICS_DIR"):
         return Path(env)
-    return (
-        Path(__file__).resolve().parents[1] / "_build" / "metrics" / ("quick" if quick else "full")
-    )
+    return BUILD_DIR / "metrics" / ("quick" if quick else "full")
 
 
 def record_metrics(chapter: str, device: torch.device | str, quick: bool, **metrics: Any) -> Path:

@@ -9,8 +9,8 @@ exercises and solutions, and built with execution off and Sphinx warnings as err
 
 Usage::
 
-    python -m course_utils.pipeline execute [--quick] [--only 01]
-    python -m course_utils.pipeline book [--quick] [--reuse]
+    python -m course_utils.build.pipeline execute [--quick] [--only 01]
+    python -m course_utils.build.pipeline book [--quick] [--reuse]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..paths import BUILD_DIR, REPO_ROOT
 from .results import record_execution_time
 
 __all__ = [
@@ -38,8 +39,8 @@ __all__ = [
     "stage_site",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-BUILD = REPO / "_build"
+REPO = REPO_ROOT
+BUILD = BUILD_DIR
 SITE_ITEMS = ("_config.yml", "_toc.yml", "book", "exercises", "solutions", "references.bib")
 
 
@@ -131,7 +132,7 @@ def stage_site(quick: bool) -> Path:
         done = executed_path(notebook, quick)
         if not done.exists():
             raise FileNotFoundError(
-                f"{done} is missing: run `python -m course_utils.pipeline execute"
+                f"{done} is missing: run `python -m course_utils.build.pipeline execute"
                 f"{' --quick' if quick else ''}` first"
             )
         shutil.copy2(done, site / notebook.parent.name / notebook.name)
