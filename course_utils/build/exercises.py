@@ -54,7 +54,7 @@ BEGIN_FULL = re.compile(r"^ (?P<id>[0-9A-Za-z][\w.-]*): (?P<instruction>\S.*?)\s
 END = re.compile(r"^[ \t]*# END SOLUTION\s*$")
 # Cell metadata that records one particular execution, not the notebook's content.
 RUN_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled")
-LINE_LENGTH = 100  # ruff's line-length in pyproject.toml: longer raise lines are wrapped like ruff
+LINE_LENGTH = 88  # ruff line-length of book pages (exercises/ruff.toml): longer raise lines wrap
 
 
 class MarkerError(ValueError):

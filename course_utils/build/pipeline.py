@@ -21,6 +21,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..paths import BUILD_DIR, REPO_ROOT
@@ -77,11 +79,7 @@ def execute_notebook(
     out = executed_path(notebook, quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    # Progress bars are live widgets in JupyterLab but dead weight on a static page; the kernel
-    # inherits this process's environment.
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
+    with _kernel_environment():
         papermill.execute_notebook(
             str(notebook),
             str(out),
@@ -91,27 +89,48 @@ def execute_notebook(
             progress_bar=progress,
             report_mode=False,
         )
-    finally:
-        if previous is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = previous
     seconds = time.perf_counter() - start
-    if notebook.parent.name == "book":  # reference pages: the parameters are noise to a reader
-        _hide_parameter_cells(out)
+    _hide_parameter_cells(out, keep_defaults=notebook.parent.name != "book")
     record_execution_time(notebook.stem, seconds, quick)
     print(f"executed {notebook.name} ({'quick' if quick else 'full'}) in {seconds:.1f} s")
     return out
 
 
-def _hide_parameter_cells(path: Path) -> None:
-    """Tag the parameters and papermill's injected-parameters cells ``remove-cell``."""
+# The kernel inherits this process's environment. What it must not inherit, whoever calls:
+# MPLBACKEND (``import streamlit`` sets it to Agg, and then ``plt.show()`` draws nothing in the
+# kernel); what it must have: TQDM_DISABLE (a progress bar is dead weight on a static page).
+KERNEL_ENV_REMOVED = ("MPLBACKEND",)
+KERNEL_ENV_SET = {"TQDM_DISABLE": "1"}
+
+
+@contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """Set and remove the variables above for the kernels started inside the block."""
+    saved = {k: os.environ.get(k) for k in (*KERNEL_ENV_REMOVED, *KERNEL_ENV_SET)}
+    for key in KERNEL_ENV_REMOVED:
+        os.environ.pop(key, None)
+    os.environ.update(KERNEL_ENV_SET)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _hide_parameter_cells(path: Path, keep_defaults: bool) -> None:
+    """Tag papermill's injected-parameters cell ``remove-cell`` (the reader sees the defaults,
+    not what the build injected); on reference pages (``keep_defaults=False``) also the
+    parameters cell itself."""
     import nbformat
 
+    hidden = {"injected-parameters"} if keep_defaults else {"parameters", "injected-parameters"}
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
+        if hidden & set(tags) and "remove-cell" not in tags:
             tags.append("remove-cell")
     nbformat.write(nb, path)
 
