@@ -36,15 +36,38 @@ def test_there_are_chapters() -> None:
     assert [p.name for p in CHAPTERS][:1] == ["01_baseline_cnn.ipynb"]
 
 
+def _images(nb: nbformat.NotebookNode) -> int:
+    return sum(
+        "image/png" in o.get("data", {})
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
+
+
+def _figure_calls(nb: nbformat.NotebookNode) -> int:
+    """How many figures the source asks to show: ``plt.show()`` calls in code cells."""
+    return sum(c.source.count("plt.show()") for c in nb.cells if c.cell_type == "code")
+
+
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=[p.stem for p in CHAPTERS])
-def test_chapter_runs_in_quick_mode(notebook: Path) -> None:
-    """papermill runs the chapter with QUICK=True, it records its metrics, and leaves no errors."""
+def test_chapter_runs_in_quick_mode(notebook: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """papermill runs the chapter with QUICK=True, it records fresh metrics, leaves no errors,
+    and every figure it shows is in the executed copy, even when the caller has
+    ``MPLBACKEND=Agg`` set (as ``import streamlit`` does): the pipeline owns the kernel's
+    environment."""
+    record_path = metrics_dir(quick=True) / f"{notebook.stem}.json"
+    record_path.unlink(missing_ok=True)  # a record left by an earlier run must not pass
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     out = pipeline.execute_notebook(notebook, quick=True, device="cpu")
     assert not _errors(out)
     executed = nbformat.read(out, as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "QUICK = True" in injected[0].source
-    record = json.loads((metrics_dir(quick=True) / f"{notebook.stem}.json").read_text())
+    wanted = _figure_calls(nbformat.read(notebook, as_version=4))
+    assert wanted >= 1, "a chapter shows at least one figure"
+    assert _images(executed) >= wanted, f"{_images(executed)} figures rendered, {wanted} shown"
+    record = json.loads(record_path.read_text())
     assert record["mode"] == "quick"
     assert record["metrics"], "the chapter recorded no headline metrics"
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
 
+import nbformat
 import pytest
 import yaml
 
@@ -46,6 +47,26 @@ def toc_pages() -> list[str]:
 
 
 PAGES = toc_pages()
+HIDDEN = {"remove-cell", "remove-output"}  # tags whose outputs never reach the page
+
+
+def executed_figures(name: str) -> int:
+    """How many ``image/png`` outputs the quick-mode executed copy of a page shows (cells whose
+    output the book removes are not counted)."""
+    path = pipeline.executed_dir(quick=True) / f"{name}.ipynb"
+    cells = nbformat.read(path, as_version=4).cells
+    return sum(
+        "image/png" in out.get("data", {})
+        for cell in cells
+        if cell.cell_type == "code" and not HIDDEN & set(cell.metadata.get("tags", []))
+        for out in cell.get("outputs", [])
+    )
+
+
+# The longest line of every code cell that scrolls sideways at the test's viewport (1280 px).
+CLIPPED_CODE_JS = """els => els
+    .filter(e => e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.innerText.split("\\n").reduce((a, b) => (a.length >= b.length ? a : b)))"""
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"
@@ -116,8 +137,9 @@ def open_page(browser, url: str) -> tuple[object, object, list[str], list[str]]:
 
 @pytest.mark.parametrize("name", PAGES)
 def test_page(site: str, browser, name: str) -> None:
-    """Loads with 200, no console errors, nothing fetched off-site, a title, no tracebacks, figures
-    on chapter pages, and every internal link resolves."""
+    """Loads with 200, no console errors, nothing fetched off-site, a title, no tracebacks, no
+    code cell that scrolls sideways; on chapter pages every executed figure and no injected
+    parameters; and every internal link resolves."""
     page, response, errors, external = open_page(browser, urljoin(site, f"{name}.html"))
     try:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -129,8 +151,18 @@ def test_page(site: str, browser, name: str) -> None:
         assert heading and heading.split()[0] in page.title()
         text = page.locator("main").inner_text()
         assert "Traceback" not in text and page.locator("main .output.error").count() == 0
+        clipped = page.eval_on_selector_all("main .cell_input pre", CLIPPED_CODE_JS)
+        assert not clipped, f"code cells scroll sideways (lines too long): {clipped}"
         if name.startswith("notebooks/"):
-            assert page.locator("main img").count() >= 1, "a chapter renders at least one figure"
+            # Figures inside cell outputs only: the launch buttons' logos are <img> too.
+            figures = page.locator("main .cell_output img").count()
+            expected = executed_figures(name)
+            assert expected >= 1, f"{name}: the executed chapter has no figure at all"
+            assert figures == expected, f"{figures} figures on the page, {expected} executed"
+            # papermill's injected parameters (QUICK = True in this build) stay off the page.
+            assert page.locator("main .tag_injected-parameters").count() == 0
+            code = "\n".join(page.locator("main .cell_input").all_inner_texts())
+            assert "QUICK = True" not in code, "the injected-parameters cell is visible"
         links = {
             urldefrag(urljoin(page.url, href))[0]
             for href in page.eval_on_selector_all("a[href]", "els => els.map(e => e.href)")
