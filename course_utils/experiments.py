@@ -297,33 +297,38 @@ class Comparison:
 
     def sentence(
         self,
-        fmt: Callable[[float], str] = lambda v: f"{100 * v:.2f} points",
+        fmt: Callable[[float], str] = lambda v: f"{100 * v:.1f}%",
         lower_is_better: bool = False,
     ) -> str:
-        """A plain-English verdict, chosen from the numbers.
+        """One plain sentence: both means ± std over seeds, then the verdict of the rule.
+
+        For example ``"BatchNorm 71.5% ± 1.4% vs no BN 61.3% ± 2.6%: a real difference in
+        favour of BatchNorm (every BatchNorm seed beat every no BN seed)"``.
 
         Args:
-            fmt: formats a difference or a standard deviation (default: fractions as points).
-            lower_is_better: the metric is a loss or an error, so the lower mean is ahead.
+            fmt: formats a mean, a standard deviation or a difference (default: a fraction as
+                a percentage).
+            lower_is_better: the metric is a loss, an error or a time: the lower mean is ahead.
         """
         a_ahead = (self.diff < 0) if lower_is_better else (self.diff > 0)
         ahead, behind = (self.a, self.b) if a_ahead else (self.b, self.a)
-        size = fmt(abs(self.diff))
-        noise = fmt(self.spread)
-        what = f"{'lower' if lower_is_better else 'higher'} {self.metric}"
-        if self.beyond_noise:
-            return (
-                f"{ahead} is ahead of {behind} by {size} ({what} is better), more than twice "
-                f"the seed-to-seed standard deviation ({noise}), and every seed of {ahead} beat "
-                f"every seed of {behind}: a difference that stands out from the noise of this "
-                "experiment"
-            )
-        return (
-            f"{ahead} is ahead of {behind} by {size} on average ({what} is better), but the "
-            f"seed-to-seed standard deviation is {noise}"
-            + (" and the seeds' ranges overlap" if self.ranges_overlap else "")
-            + ": within seed noise, so this run does not show a real difference"
+        numbers = (
+            f"{self.a} {fmt(self.mean_a)} ± {fmt(self.std_a)} vs "
+            f"{self.b} {fmt(self.mean_b)} ± {fmt(self.std_b)}"
         )
+        if self.beyond_noise:
+            verdict = (
+                f"a real difference in favour of {ahead} "
+                f"(every {ahead} seed beat every {behind} seed)"
+            )
+        elif self.ranges_overlap:
+            verdict = "within seed noise (the seeds' ranges overlap)"
+        else:
+            verdict = (
+                f"within seed noise (every {ahead} seed beat every {behind} seed, but the "
+                f"gap of {fmt(abs(self.diff))} is less than twice the spread)"
+            )
+        return f"{numbers}: {verdict}"
 
 
 def compare(frame: pd.DataFrame, a: str, b: str, metric: str, by: str = "variant") -> Comparison:

@@ -15,11 +15,15 @@ from course_utils.models import FashionCNN
 
 
 def hand_built() -> nn.Sequential:
-    """Linear(2→4) → ReLU; units 1 and 3 have a negative bias and zero weights: always dead."""
+    """Linear(2→4) → ReLU; unit 3 has a negative bias and zero weights: always dead.
+
+    One dead unit of four (not two), so that counting the *alive* units instead of the dead
+    ones gives a different answer (3 and 0.75, not 1 and 0.25).
+    """
     lin = nn.Linear(2, 4)
     with torch.no_grad():
-        lin.weight.copy_(torch.tensor([[1.0, 0], [0, 0], [0, 1.0], [0, 0]]))
-        lin.bias.copy_(torch.tensor([0.0, -1.0, 0.0, -0.5]))
+        lin.weight.copy_(torch.tensor([[1.0, 0], [1.0, 1.0], [0, 1.0], [0, 0]]))
+        lin.bias.copy_(torch.tensor([0.0, 0.0, 0.0, -0.5]))
     return nn.Sequential(lin, nn.ReLU(), nn.Linear(4, 3))
 
 
@@ -40,12 +44,13 @@ def test_dead_units_on_hand_built_model() -> None:
     model = hand_built()
     x = torch.tensor([[1.0, 1.0], [2.0, -1.0], [-1.0, 3.0]])
     table = dead_units(model, x)
-    assert table.loc["1", "units"] == 4 and table.loc["1", "silent"] == 2
-    assert table.loc["1", "fraction"] == 0.5
+    assert table.loc["1", "units"] == 4 and table.loc["1", "silent"] == 1
+    assert table.loc["1", "fraction"] == 0.25
     # Several batches combine: a unit silent in one batch but active in another is not dead.
     x_neg = -torch.ones(2, 2)
-    assert dead_units(model, [(x_neg, None)]).loc["1", "silent"] == 4
-    assert dead_units(model, [(x_neg, None), (x, None)]).loc["1", "silent"] == 2
+    all_dead = dead_units(model, [(x_neg, None)]).loc["1"]
+    assert all_dead["silent"] == 4 and all_dead["fraction"] == 1.0
+    assert dead_units(model, [(x_neg, None), (x, None)]).loc["1", "silent"] == 1
     assert no_hooks(model)
 
 
