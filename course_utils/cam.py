@@ -1,4 +1,4 @@
-"""Grad-CAM from scratch: hooks owned by a context manager, normalisation, upsampling, overlays.
+"""Grad-CAM as chapter 10 writes it, for reuse: hooks owned by a context manager, overlays.
 
 Grad-CAM (Selvaraju et al., 2017) explains one class score ``y_c`` with the activations ``A`` of a
 conv layer (``[N, K, h, w]``) and the gradient of the score with respect to them:
@@ -8,7 +8,10 @@ conv layer (``[N, K, h, w]``) and the gradient of the score with respect to them
 
 :class:`GradCAM` captures ``A`` with a forward hook and ``dy_c/dA`` with a backward hook on the
 chosen layer. It is a context manager: the hooks exist only inside the ``with`` block and are
-removed on exit, also when the block raises. The model's parameters get no ``.grad``.
+removed on exit, also when the block raises. The model's parameters get no ``.grad``. Chapter 10
+writes the same class and proves that this one gives identical maps; this copy (used by chapter
+9's Streamlit app) adds layer lookup by name with a clear error, refuses a layer that runs twice
+per forward pass, and enables gradients for its own pass, so it works under ``torch.no_grad()``.
 
 The module also has the checks of the chapter: :func:`randomize_weights` (for the sanity check of
 Adebayo et al., 2018), :func:`spearman` and :func:`pearson` for comparing maps, and

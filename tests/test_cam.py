@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from course_utils import cam as cam_module
 from course_utils.cam import (
     GradCAM,
     gradcam_from,
@@ -68,16 +69,52 @@ def test_use_outside_the_block_and_bad_layers(model: FashionCNN, batch: torch.Te
     assert hook_count(model) == 0
 
 
-def test_maps_match_torchcam(model: FashionCNN, batch: torch.Tensor) -> None:
-    classes = [3, 0, 9, 9, 1, 5]
+CAM_TOL = 1e-5  # the chapter's tolerance
+CLASSES = [3, 0, 9, 9, 1, 5]
+
+
+def _torchcam_gaps(model: FashionCNN, batch: torch.Tensor) -> tuple[float, float]:
+    """Largest difference of GradCAM's maps to torchcam's: raw (÷ torchcam's largest value)
+    and after normalising both."""
     with GradCAM(model, "act2") as cam:
-        ours, _ = cam(batch, class_idx=classes)
-    theirs = torchcam_gradcam(model, "act2", batch, classes)
+        ours, _ = cam(batch, class_idx=CLASSES)
+    theirs = torchcam_gradcam(model, "act2", batch, CLASSES)
+    raw = float((ours - theirs).abs().max() / theirs.abs().max())
+    normalised = float((normalize_cams(ours) - normalize_cams(theirs)).abs().max())
+    return raw, normalised
+
+
+def test_maps_match_torchcam(model: FashionCNN, batch: torch.Tensor) -> None:
+    raw, normalised = _torchcam_gaps(model, batch)
     assert hook_count(model) == 0
-    a, b = normalize_cams(ours), normalize_cams(theirs)
-    assert (a - b).abs().max() <= 1e-5
+    assert raw <= CAM_TOL, f"raw maps differ from torchcam's by {raw:.2e} of their maximum"
+    assert normalised <= CAM_TOL
+    with GradCAM(model, "act2") as cam:
+        ours, _ = cam(batch, class_idx=CLASSES)
+    theirs = torchcam_gradcam(model, "act2", batch, CLASSES)
     constant = ours.flatten(1).amax(1) == 0
-    assert (pearson(a, b)[~constant] > 0.9999).all()
+    r = pearson(normalize_cams(ours), normalize_cams(theirs))
+    assert (r[~constant] > 0.9999).all()
+
+
+# Typical Grad-CAM slips. A sum over positions instead of the mean only rescales each map,
+# so it survives normalisation (it differed by 4e-5 there): the raw comparison catches it.
+WRONG_WEIGHTINGS = {
+    "sum instead of mean": lambda a, g: torch.relu((g.sum((2, 3), keepdim=True) * a).sum(1)),
+    "no ReLU": lambda a, g: (g.mean((2, 3), keepdim=True) * a).sum(1),
+    "gradient × activation, no pooling": lambda a, g: torch.relu((g * a).sum(1)),
+}
+
+
+@pytest.mark.parametrize("slip", WRONG_WEIGHTINGS)
+def test_a_wrong_weighting_fails_torchcam_parity_by_far(
+    model: FashionCNN, batch: torch.Tensor, slip: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parity measure above is no rounding test: each slip misses by ≥ 10,000× the
+    tolerance."""
+    monkeypatch.setattr(cam_module, "gradcam_from", WRONG_WEIGHTINGS[slip])
+    raw, _ = _torchcam_gaps(model, batch)
+    assert raw > 1e4 * CAM_TOL, f"{slip}: only {raw:.2e} from torchcam"
 
 
 def test_default_class_is_the_prediction(model: FashionCNN, batch: torch.Tensor) -> None:
