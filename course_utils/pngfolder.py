@@ -2,12 +2,14 @@
 
 Layout (torchvision's ``ImageFolder``)::
 
-    root/0_T-shirt-top/train_00012.png
-    root/1_Trouser/...
+    root/00_T-shirt-top/train_00012.png
+    root/01_Trouser/...
     root/labels.csv        path,label,class_name (paths relative to root)
 
-Class folders are prefixed with the label, so sorting the folder names (what ``ImageFolder``
-does to number the classes) gives Fashion-MNIST's label order.
+Class folders are prefixed with the label, zero-padded, so sorting the folder names as text
+(what ``ImageFolder`` does to number the classes) gives the label order: unpadded, ``10_…``
+would sort between ``1_…`` and ``2_…`` and shift every later label. :class:`PNGFolder` refuses
+numbered folders whose text order is not their numeric order.
 
 :class:`PNGFolder` checks every file when it is built, in the main process, and applies one
 explicit policy to bad ones (``on_error="skip"`` or ``"raise"``). Its policy per input:
@@ -16,6 +18,7 @@ explicit policy to bad ones (``on_error="skip"`` or ``"raise"``). Its policy per
 input                           policy
 ==============================  ==============================================================
 missing root / root is a file   ``FileNotFoundError`` / ``NotADirectoryError`` at once
+numbered folders out of order   ``ValueError`` at once (``10_x`` sorted before ``2_y``)
 hidden file or folder (``.*``)  ignored (``.DS_Store``, ``._x.png``); listed in the report
 file without ``.png`` suffix    ignored (a ``notes.txt``); listed in the report
 empty class folder              kept as a class (labels stay stable); listed in the report
@@ -34,6 +37,7 @@ Everything the dataset holds is plain data, so it pickles and works with ``num_w
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,7 @@ __all__ = [
     "BadImageError",
     "PNGFolder",
     "Skipped",
+    "check_numbered_order",
     "class_folder_name",
     "export_image_folder",
     "load_grey",
@@ -72,9 +77,42 @@ class Skipped:
     reason: str
 
 
-def class_folder_name(label: int, name: str) -> str:
-    """``"0_T-shirt-top"``: label first (so sorting keeps label order), no ``/`` or spaces."""
-    return f"{label}_{name.replace('/', '-').replace(' ', '-')}"
+def class_folder_name(label: int, name: str, digits: int = 2) -> str:
+    """``"00_T-shirt-top"``: the label zero-padded to ``digits`` digits, then the name with
+    ``/`` and spaces replaced by ``-``.
+
+    Zero-padding makes the folders' text order (how ``ImageFolder`` numbers classes) equal to
+    the label order also past 9 classes: ``"10_x"`` sorts after ``"09_y"``, while unpadded
+    ``"10_x"`` would sort between ``"1_…"`` and ``"2_…"``.
+
+    Raises:
+        ValueError: ``label`` is negative or needs more than ``digits`` digits.
+    """
+    if not 0 <= label < 10**digits:
+        raise ValueError(f"label {label} does not fit in {digits} digit(s); pass digits=")
+    return f"{label:0{digits}d}_{name.replace('/', '-').replace(' ', '-')}"
+
+
+_NUMBERED = re.compile(r"(\d+)_")
+
+
+def check_numbered_order(classes: Sequence[str]) -> None:
+    """Refuse class folders that all start with a number but whose sorted (text) order is not
+    their numeric order: labels taken from the sorted names would silently shift.
+
+    Raises:
+        ValueError: naming the folders in both orders and the fix (zero-padded prefixes).
+    """
+    numbers = [_NUMBERED.match(name) for name in classes]
+    if not classes or not all(numbers):
+        return
+    by_number = sorted(classes, key=lambda name: int(_NUMBERED.match(name)[1]))
+    if list(classes) != by_number:
+        raise ValueError(
+            f"class folders sort as text as {list(classes)}, but their numbers say "
+            f"{by_number}: labels taken from the sorted names would not match the numbers. "
+            "Zero-pad the prefixes (class_folder_name does: 00_…, 01_…, …, 10_…)."
+        )
 
 
 def export_image_folder(
@@ -86,18 +124,22 @@ def export_image_folder(
 ) -> pd.DataFrame:
     """Write ``data`` as 8-bit grey PNGs in the ImageFolder layout plus a labels CSV.
 
-    Files are named ``<prefix>_<row>.png``. An existing CSV is extended, so several splits can
-    share a root with different prefixes. Each file is written to a temporary name and renamed.
+    Class folders are named by :func:`class_folder_name` (zero-padded labels, at least two
+    digits). Files are named ``<prefix>_<row>.png``. An existing CSV is extended, so several
+    splits can share a root with different prefixes. Each file is written to a temporary name
+    and renamed.
 
     Returns:
         The rows written: ``path`` (relative to ``root``, with ``/``), ``label``, ``class_name``.
     """
     root = Path(root)
     rows = []
-    for c, name in enumerate(classes):
-        (root / class_folder_name(c, name)).mkdir(parents=True, exist_ok=True)
+    digits = max(2, len(str(len(classes) - 1)))
+    folders = [class_folder_name(c, name, digits) for c, name in enumerate(classes)]
+    for folder in folders:
+        (root / folder).mkdir(parents=True, exist_ok=True)
     for i, (image, label) in enumerate(zip(data.images, data.labels.tolist(), strict=True)):
-        rel = f"{class_folder_name(label, classes[label])}/{prefix}_{i:05d}.png"
+        rel = f"{folders[label]}/{prefix}_{i:05d}.png"
         tmp = root / f"{rel}.tmp"
         Image.fromarray(image.numpy()).save(tmp, format="PNG")
         os.replace(tmp, root / rel)
@@ -214,6 +256,7 @@ class PNGFolder(Dataset):
         self.classes = [p.name for p in folders if not p.name.startswith(".")]
         if not self.classes:
             raise FileNotFoundError(f"{self.root} has no class folders (expected root/<class>/*)")
+        check_numbered_order(self.classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.report += [
             Skipped(p.name, "hidden folder: ignored") for p in folders if p.name[0] == "."

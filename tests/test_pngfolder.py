@@ -17,6 +17,7 @@ from course_utils.data import CLASSES, MEAN, STD, FashionMNISTTensors, standard_
 from course_utils.pngfolder import (
     BadImageError,
     PNGFolder,
+    check_numbered_order,
     class_folder_name,
     export_image_folder,
     load_grey,
@@ -61,7 +62,7 @@ def _reasons(ds: PNGFolder) -> dict[str, str]:
 def test_export_layout_and_csv(exported: Path, small: FashionMNISTTensors) -> None:
     folders = sorted(p.name for p in exported.iterdir() if p.is_dir())
     assert folders == [class_folder_name(c, n) for c, n in enumerate(CLASSES)]
-    assert folders[0] == "0_T-shirt-top" and folders[9] == "9_Ankle-boot"
+    assert folders[0] == "00_T-shirt-top" and folders[9] == "09_Ankle-boot"
     csv = pd.read_csv(exported / "labels.csv")
     assert list(csv.columns) == ["path", "label", "class_name"]
     assert len(csv) == 30 and csv["label"].tolist() == small.labels.tolist()
@@ -108,6 +109,77 @@ def test_labels_match_the_csv_and_the_pixels_the_source(
     assert x.shape == (1, 28, 28) and x.dtype == torch.float32
     expected = (small.images[small.labels == y][0].float() / 255 - MEAN) / STD
     torch.testing.assert_close(x[0], expected)
+
+
+# --- label order with more than ten classes ----------------------------------------------------
+
+
+class SortedFolderDataset(torch.utils.data.Dataset):
+    """What a learner writes (chapter 7's exercise): labels from the sorted folder names."""
+
+    def __init__(self, root: Path) -> None:
+        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        self.samples = [
+            (path, label)
+            for label, name in enumerate(self.classes)
+            for path in sorted((root / name).glob("*.png"))
+        ]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            return standard_transform()(img.convert("L")), label
+
+
+def test_eleven_classes_keep_their_labels(tmp_path: Path, small: FashionMNISTTensors) -> None:
+    """With 11 classes, every loader that numbers classes by sorted folder name (ImageFolder,
+    PNGFolder, a hand-written Dataset) gives each file the label the CSV wrote for it."""
+    classes = (*CLASSES, "Extra class")
+    images = torch.cat([small.images, small.images[:3]])
+    labels = torch.cat([small.labels, torch.full((3,), 10)])
+    root = tmp_path / "eleven"
+    csv = export_image_folder(FashionMNISTTensors(images, labels), root, classes=classes)
+    csv_label = {row.path: row.label for row in csv.itertuples()}
+    folder_ds = datasets.ImageFolder(root)
+    loaders = {
+        "ImageFolder": folder_ds.samples,
+        "PNGFolder": PNGFolder(root, on_error="raise").samples,
+        "sorted-folder Dataset": SortedFolderDataset(root).samples,
+    }
+    assert len(folder_ds.classes) == 11
+    for name, samples in loaders.items():
+        got = {Path(p).relative_to(root).as_posix(): y for p, y in samples}
+        assert got == csv_label, f"{name} labels differ from the CSV's"
+    assert folder_ds.class_to_idx[class_folder_name(10, "Extra class")] == 10
+
+
+def test_unpadded_numbered_folders_are_refused(tmp_path: Path) -> None:
+    for label in range(11):
+        (tmp_path / f"{label}_c{label}").mkdir()
+        Image.new("L", (28, 28)).save(tmp_path / f"{label}_c{label}" / "a.png")
+    # What goes wrong silently without the check: ImageFolder numbers "10_c10" as 1.
+    assert datasets.ImageFolder(tmp_path).class_to_idx["10_c10"] == 1
+    with pytest.raises(ValueError, match="Zero-pad"):
+        PNGFolder(tmp_path)
+
+
+def test_numbered_order_check() -> None:
+    check_numbered_order(["00_a", "01_b", "10_c"])  # padded: fine
+    check_numbered_order(["bag", "coat", "dress"])  # not numbered: not checked
+    check_numbered_order(["0_a", "1_b", "2_c"])  # unpadded but fewer than 10: fine
+    with pytest.raises(ValueError, match=r"'0_a', '1_b', '2_c', '10_k'"):
+        check_numbered_order(["0_a", "10_k", "1_b", "2_c"])
+
+
+def test_class_folder_name_refuses_labels_that_do_not_fit() -> None:
+    assert class_folder_name(3, "T-shirt/top") == "03_T-shirt-top"
+    assert class_folder_name(3, "Ankle boot", digits=3) == "003_Ankle-boot"
+    for label in (-1, 100):
+        with pytest.raises(ValueError, match="digit"):
+            class_folder_name(label, "x")
 
 
 def test_pil_and_opencv_read_the_same_pixels(exported: Path) -> None:
