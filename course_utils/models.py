@@ -33,8 +33,9 @@ class FashionCNN(nn.Module):
         hidden: units of the first fully connected layer.
         norm: ``"none"`` or ``"batch"`` (BatchNorm2d after each conv, BatchNorm1d after fc1).
         activation: a key of :data:`ACTIVATIONS`.
-        dropout: dropout probability after fc1.
-        conv_dropout: Dropout2d probability after each pooling stage.
+        dropout: dropout probability after fc1's activation (after the last BatchNorm).
+        conv_dropout: Dropout2d probability after each pooling stage. With
+            ``norm="batch"`` it runs *before* ``bn2`` and ``bn_fc`` (chapter 4 discusses it).
         input_size: image height and width (an int for square images), at least 28.
     """
 
