@@ -5,8 +5,9 @@ Preprocessing (:func:`preprocess_image`) turns the bytes of a PNG or JPEG of any
 into the tensor the model was trained on, in four documented steps:
 
 1. **decode safely**: PNG and JPEG only, at most ``max_pixels`` pixels (checked from the header,
-   before any pixel is decoded; Pillow's own decompression-bomb guard is also caught); EXIF
-   rotation applied;
+   before any pixel is decoded; Pillow's own, looser guard, which raises
+   ``DecompressionBombError`` inside ``Image.open`` above twice ``Image.MAX_IMAGE_PIXELS``, is
+   caught too); EXIF rotation applied;
 2. **greyscale**: transparent pixels are composited onto white (a cut-out product photo),
    16-bit images are scaled (not clipped) to 8 bits, colour is converted with ITU-R 601 luma;
 3. **polarity**: Fashion-MNIST shows a *light garment on a black background* (its images were
@@ -14,8 +15,8 @@ into the tensor the model was trained on, in four documented steps:
    (the default) the image is inverted when its border is brighter than mid-grey, i.e. when the
    background is light; ``True``/``False`` force it;
 4. **frame like the data set**: Zalando trimmed each product photo to the garment, resized its
-   longer side to 28 pixels and padded the shorter side (98% of Fashion-MNIST images touch two
-   opposite edges; 92% have a pixel at 255). So: crop to the bright content, resize the longer
+   longer side to 28 pixels and padded the shorter side (chapter 9 measures how many training
+   images touch two opposite edges and reach 255). So: crop to the bright content, resize the longer
    side to 28 (Lanczos, aspect kept), pad with black, centred, and stretch the contrast so that
    the brightest pixel is 255. Then scale to [0, 1] and normalise with the training mean and std.
 
@@ -26,14 +27,16 @@ the model predicts on the test tensors.
 The API (:func:`create_app`): ``POST /predict`` with a multipart field ``file`` returns
 ``{"label", "class_index", "probabilities": [{"label", "class_index", "probability"}, …]}`` (the
 top ``k``, ``?top_k=`` from 1 to 10, default 3); ``GET /health`` says the model is loaded. Every
-bad request gets a JSON ``{"error", "message"}`` with a 4xx status, never a traceback.
+bad request gets a JSON ``{"error", "message"}`` with a 4xx status, never a traceback. Chapter 9
+writes the same routes and error handlers in the notebook and checks that both apps answer alike.
 
 Command line (``python -m course_utils.serve``):
 
 - ``serve --model PATH [--port N]``: run the API under waitress on 127.0.0.1;
 - ``bench [--model PATH] [--requests 2000] [--concurrency 8]``: start the API under waitress in a
   subprocess on a free loopback port, send the requests, print p50/p99 latency, throughput and the
-  number of errors, and stop the server.
+  number of errors, and stop the server (:func:`bench_sweep` does it for several concurrencies
+  against one server).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ __all__ = [
     "ServerThread",
     "UnsupportedImage",
     "bench",
+    "bench_sweep",
     "catalogue_photo",
     "create_app",
     "crop_to_content",
@@ -143,10 +147,16 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     The pixel count is checked from the header before decoding, so a small file that claims to be
     a 100,000 × 100,000 image costs nothing. EXIF orientation (phone photos) is applied.
 
+    Pillow has a guard of its own, ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels): above it
+    ``Image.open`` only warns (``DecompressionBombWarning``), above twice it (about 179 megapixels)
+    ``Image.open`` raises ``DecompressionBombError`` before this function's own check runs. Both
+    oversized cases end as :class:`ImageTooLarge` (413); with the default ``max_pixels`` the own
+    check is the one that matters.
+
     Raises:
         InvalidImage: empty, truncated or corrupt data.
         UnsupportedImage: not a PNG or JPEG.
-        ImageTooLarge: more than ``max_pixels`` pixels, or Pillow's decompression-bomb guard.
+        ImageTooLarge: more than ``max_pixels`` pixels, or Pillow's decompression-bomb error.
     """
     if not data:
         raise InvalidImage("the uploaded file is empty")
@@ -222,7 +232,7 @@ def fit_to_square(grey: np.ndarray, size: int = SIZE) -> np.ndarray:
 
 
 def stretch_contrast(grey: np.ndarray) -> np.ndarray:
-    """Scale the pixels so that the brightest is 255 (as in 92% of Fashion-MNIST images)."""
+    """Scale the pixels so that the brightest is 255 (as in most Fashion-MNIST images)."""
     top = int(grey.max())
     if top in (0, 255):
         return grey.copy()
@@ -313,6 +323,7 @@ def predict_response(model: nn.Module, x: torch.Tensor, top_k: int = 3) -> dict[
 
 
 def _error(status: int, error: str, message: str) -> tuple[Any, int]:
+    """A JSON error body ``{"error", "message"}`` with its status."""
     return jsonify(error=error, message=message), status
 
 
@@ -325,7 +336,9 @@ def create_app(
 ) -> Flask:
     """A Flask app that serves the checkpoint at ``model_path`` (made by ``save_checkpoint``).
 
-    The model is loaded once, here, on the CPU in eval mode; every request reuses it.
+    The routes and error handlers are the ones chapter 9 writes in the notebook, in a factory:
+    each call builds a fresh app with its own model and limits, and nothing is loaded at import
+    time. The model is loaded once, here, on the CPU in eval mode; every request reuses it.
 
     Args:
         model_path: the ``.pt`` checkpoint.
@@ -337,23 +350,16 @@ def create_app(
         course_utils.train.CheckpointError: the checkpoint is missing or unreadable (at start-up,
             not at the first request).
     """
-    model, meta = load_checkpoint(model_path, map_location="cpu")
+    model, _ = load_checkpoint(model_path, map_location="cpu")
     model.eval()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
     app.json.sort_keys = False  # keep the probabilities' order (and label first) in the JSON
     app.extensions["course_model"] = model
-    started = time.time()
 
     @app.get("/health")
     def health() -> Any:
-        return jsonify(
-            status="ok",
-            model=Path(model_path).name,
-            classes=list(CLASSES),
-            uptime_s=round(time.time() - started, 1),
-            meta={k: v for k, v in meta.items() if isinstance(v, (int, float, str))},
-        )
+        return jsonify(status="ok", model=Path(model_path).name, classes=list(CLASSES))
 
     @app.post("/predict")
     def predict() -> Any:
@@ -375,16 +381,17 @@ def create_app(
             return _error(err.status, err.error, str(err))
         return jsonify(predict_response(model, x, int(raw_k)))
 
+    @app.errorhandler(413)
+    def too_large(err: HTTPException) -> Any:
+        message = f"the upload is larger than the {max_bytes:,} bytes allowed"
+        return _error(413, "request entity too large", message)
+
     @app.errorhandler(HTTPException)
-    def http_error(err: HTTPException) -> Any:
-        message = err.description or err.name
-        if err.code == 413:
-            message = f"the upload is larger than the {max_bytes:,} bytes allowed"
-        response = jsonify(error=err.name.lower(), message=message)
-        response.status_code = err.code or 500
+    def http_error(err: HTTPException) -> Any:  # 400, 404, 405 … raised by Flask itself
+        response, status = _error(err.code or 500, err.name.lower(), err.description or err.name)
         if err.code == 405 and err.valid_methods:
             response.headers["Allow"] = ", ".join(err.valid_methods)
-        return response
+        return response, status
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception) -> Any:  # never a traceback to the client; logged server-side
@@ -593,12 +600,34 @@ def bench(
     Requests not sent within ``deadline_s`` count as errors. Without ``model_path`` it serves the
     chapter-1 checkpoint, or an untrained model (latency does not depend on the weights).
     """
+    return bench_sweep(
+        model_path, n_requests, [concurrency], threads=threads, warmup=warmup, deadline_s=deadline_s
+    )[0]
+
+
+def bench_sweep(
+    model_path: str | Path | None = None,
+    n_requests: int = 2000,
+    concurrencies: Sequence[int] = (1, 2, 4, 8),
+    *,
+    threads: int = 8,
+    warmup: int = 50,
+    deadline_s: float = 300.0,
+) -> list[BenchResult]:
+    """:func:`bench` at each of ``concurrencies`` in turn, against one server process (started
+    once), so the levels differ only in how many clients send at the same time.
+
+    Returns:
+        One :class:`BenchResult` per concurrency, in the order given.
+    """
     from .baseline import BASELINE
     from .models import FashionCNN
     from .train import checkpoint_path, save_checkpoint
 
-    if not 1 <= n_requests <= 100_000 or not 1 <= concurrency <= 64:
-        raise ValueError("n_requests must be 1…100,000 and concurrency 1…64")
+    levels = list(concurrencies)
+    if not 1 <= n_requests <= 100_000 or not levels or not all(1 <= c <= 64 for c in levels):
+        raise ValueError("n_requests must be 1…100,000 and each concurrency 1…64")
+    results = []
     with tempfile.TemporaryDirectory() as scratch:
         if model_path is None:
             found = [checkpoint_path(BASELINE), checkpoint_path(BASELINE, quick=True)]
@@ -612,10 +641,21 @@ def bench(
             x = images.unsqueeze(1).float().div(255).sub(MEAN).div(STD)
             expected = model.eval()(x).argmax(1).tolist()
         with _server_process(Path(model_path), threads) as url:
-            _run_load(url, bodies, expected, warmup, concurrency, deadline_s)
-            latencies, errors, wrong, seconds = _run_load(
-                url, bodies, expected, n_requests, concurrency, deadline_s
-            )
+            for concurrency in levels:
+                _run_load(url, bodies, expected, warmup, concurrency, deadline_s)
+                load = _run_load(url, bodies, expected, n_requests, concurrency, deadline_s)
+                results.append(_bench_result(n_requests, concurrency, *load))
+    return results
+
+
+def _bench_result(
+    n_requests: int,
+    concurrency: int,
+    latencies: list[float],
+    errors: int,
+    wrong: int,
+    seconds: float,
+) -> BenchResult:
     ms = np.asarray(latencies) if latencies else np.asarray([float("nan")])
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return BenchResult(

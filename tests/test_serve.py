@@ -26,6 +26,7 @@ from course_utils.serve import (
     InvalidImage,
     UnsupportedImage,
     bench,
+    bench_sweep,
     create_app,
     encode_png,
     preprocess_image,
@@ -218,14 +219,38 @@ def test_bad_bytes_raise_a_preprocess_error(data: bytes, error: type, words: str
     assert isinstance(raised.value, ValueError)  # one type for the API and the Streamlit app
 
 
+def test_pillow_warns_above_its_limit_raises_above_twice_it_and_the_server_refuses_both() -> None:
+    """What chapter 9 says: Pillow only warns between MAX_IMAGE_PIXELS and twice it (the server's
+    own header check refuses the image), and raises above twice it, inside ``Image.open``
+    (the server turns that error into the same 413)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    assert limit > serve.DEFAULT_MAX_PIXELS  # the server's own limit is the stricter one
+    warned = forged_png(*[int((1.5 * limit) ** 0.5)] * 2)  # between the limit and twice it
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(io.BytesIO(warned))
+    with (
+        pytest.warns(Image.DecompressionBombWarning),
+        pytest.raises(ImageTooLarge, match="allowed"),
+    ):
+        preprocess_image(warned)
+    raised = forged_png(*[int((2.5 * limit) ** 0.5)] * 2)  # above twice the limit
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(raised))
+    with pytest.raises(ImageTooLarge, match="decompression-bomb guard"):
+        preprocess_image(raised)
+
+
 # --- the API: good requests -----------------------------------------------------------------------
 
 
 def test_health(client) -> None:
     response = client.get("/health")
     assert response.status_code == 200
-    body = response.get_json()
-    assert body["status"] == "ok" and body["classes"] == list(CLASSES)
+    assert response.get_json() == {
+        "status": "ok",
+        "model": "untrained.pt",
+        "classes": list(CLASSES),
+    }
 
 
 def test_predict_matches_the_model(client, model, garments: torch.Tensor) -> None:
@@ -447,6 +472,22 @@ def test_bench_command_reports_latency(model_path: Path) -> None:
     json.dumps({k: v for k, v in vars(result).items()})  # plain numbers
 
 
+def test_bench_sweep_measures_each_concurrency_against_one_server(
+    model_path: Path, monkeypatch
+) -> None:
+    started = []
+    real = serve._server_process
+    monkeypatch.setattr(serve, "_server_process", lambda *a: started.append(a) or real(*a))
+    results = bench_sweep(model_path, n_requests=30, concurrencies=[1, 3], warmup=3)
+    assert len(started) == 1
+    assert [r.concurrency for r in results] == [1, 3]
+    assert all(r.errors == 0 and r.wrong == 0 and len(r.latencies_ms) == 30 for r in results)
+
+
 def test_bench_refuses_unbounded_runs(model_path: Path) -> None:
     with pytest.raises(ValueError, match="concurrency"):
         bench(model_path, n_requests=10, concurrency=1000)
+    with pytest.raises(ValueError, match="concurrency"):
+        bench_sweep(model_path, n_requests=10, concurrencies=[2, 0])
+    with pytest.raises(ValueError, match="concurrency"):
+        bench_sweep(model_path, n_requests=10, concurrencies=[])
