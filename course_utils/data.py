@@ -47,6 +47,7 @@ __all__ = [
     "ensure_fashion_mnist",
     "label_budget",
     "load_tensors",
+    "random_indices",
     "standard_transform",
     "torchvision_datasets",
     "train_val_indices",
@@ -290,8 +291,21 @@ class FashionMNISTTensors:
         """
         if n is None or n >= len(self):
             return self
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return self.subset(order[:n])
+        return self.subset(random_indices(len(self), n, seed))
+
+
+def random_indices(total: int, n: int | None, seed: int = 0) -> torch.Tensor:
+    """``n`` of the indices ``0 … total - 1``, in the order of a permutation seeded with ``seed``
+    (``None``, or ``n >= total``: all of them, in order).
+
+    Raises:
+        ValueError: ``n`` is negative.
+    """
+    if n is None or n >= total:
+        return torch.arange(total)
+    if n < 0:
+        raise ValueError(f"n must be at least 0, got {n}")
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n]
 
 
 def label_budget(labels: torch.Tensor, per_class: int | None, seed: int = 0) -> torch.Tensor:

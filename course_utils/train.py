@@ -29,6 +29,7 @@ from .paths import REPO_ROOT
 __all__ = [
     "CheckpointError",
     "History",
+    "bf16_pays",
     "checkpoint_path",
     "eval_mode",
     "evaluate",
@@ -68,6 +69,34 @@ def pick_device(preference: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("DEVICE='cuda' was requested but no CUDA GPU is visible; use 'auto'.")
     return device
+
+
+NATIVE_BF16_CPU_FLAGS: frozenset[str] = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def bf16_pays(device: str | torch.device, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether bfloat16 autocast (with ``channels_last``) is likely to speed training up here.
+
+    True on a CUDA GPU with native bf16 (compute capability 8.0 or newer) and on a CPU whose
+    ``cpuinfo`` flags include ``avx512_bf16`` or ``amx_bf16``; False elsewhere (MPS, older
+    CPUs, or no readable ``cpuinfo``), where bf16 is emulated and usually costs time.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type != "cpu":
+        return False
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = {
+        flag
+        for line in text.splitlines()
+        if line.startswith("flags")
+        for flag in line.partition(":")[2].split()
+    }
+    return bool(flags & NATIVE_BF16_CPU_FLAGS)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from course_utils.data import (
     default_data_dir,
     ensure_fashion_mnist,
     load_tensors,
+    random_indices,
     torchvision_datasets,
     train_val_indices,
 )
@@ -340,6 +341,38 @@ def test_train_val_indices_are_a_stratified_reproducible_partition(
 
     with pytest.raises(ValueError, match="multiple of 10"):
         train_val_indices(train_labels, val_size=6001)
+
+
+def test_random_subset_is_seeded_distinct_and_independent_of_global_rng() -> None:
+    """Breaks if random_subset ignores its seed (e.g. draws from the global generator), repeats
+    or invents rows, returns the wrong size, or changes the data for ``None``/``n >= len``."""
+    full = FashionMNISTTensors(
+        torch.arange(100, dtype=torch.uint8)[:, None, None].expand(100, 28, 28),
+        torch.arange(100) % 10,
+    )
+    torch.manual_seed(1)
+    first = full.random_subset(30, seed=5)
+    torch.manual_seed(2)  # the global generator must not matter
+    again = full.random_subset(30, seed=5)
+    other = full.random_subset(30, seed=6)
+    assert len(first) == 30
+    rows = first.images[:, 0, 0].long()
+    assert len(set(rows.tolist())) == 30  # distinct rows of the original
+    assert torch.equal(first.labels, rows % 10)  # images and labels stay paired
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert not torch.equal(first.images, other.images)
+    assert torch.equal(rows, random_indices(100, 30, seed=5))
+    assert full.random_subset(None) is full and full.random_subset(100) is full
+
+
+def test_random_indices_all_for_none_and_error_for_negative() -> None:
+    """Breaks if ``None``/``n >= total`` does not give every index in order, or ``n < 0``
+    passes silently (a slice ``[:-3]`` would quietly drop three)."""
+    assert torch.equal(random_indices(7, None), torch.arange(7))
+    assert torch.equal(random_indices(7, 9), torch.arange(7))
+    assert len(random_indices(7, 0)) == 0
+    with pytest.raises(ValueError, match="at least 0"):
+        random_indices(7, -3)
 
 
 def test_load_tensors_splits_and_normalisation_constants(

@@ -19,6 +19,8 @@ from course_utils.models import FashionCNN
 from course_utils.train import (
     CheckpointError,
     History,
+    bf16_pays,
+    eval_mode,
     evaluate,
     fit,
     load_checkpoint,
@@ -191,6 +193,80 @@ def test_evaluate_matches_hand_written_accuracy_and_restores_mode(
 
     with pytest.raises(ValueError, match="no batches"):
         evaluate(model, [])
+
+
+def test_eval_mode_restores_the_previous_mode_even_after_an_exception() -> None:
+    """Breaks if eval_mode does not switch every submodule to eval, or does not restore the mode
+    it found (train or eval) when the block raises."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    for training in (True, False):
+        model.train(training)
+        with pytest.raises(RuntimeError, match="inside"), eval_mode(model) as inside:
+            assert inside is model
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("inside the block")
+        assert all(m.training is training for m in model.modules())
+
+
+def test_fit_takes_the_same_steps_as_the_plain_training_loop() -> None:
+    """Breaks if fit drifts from chapter 1's loop (zero_grad, forward, loss, backward, step):
+    from the same initial weights and batches, both must give identical parameters."""
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,)))
+        for _ in range(3)
+    ]
+    seed_everything(0)
+    plain = FashionCNN()
+    seed_everything(0)
+    fitted = FashionCNN()
+    plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    plain.train()
+    for x, y in batches:
+        plain_opt.zero_grad()
+        F.cross_entropy(plain(x), y).backward()
+        plain_opt.step()
+    fit(fitted, batches, None, 1, torch.optim.Adam(fitted.parameters(), lr=1e-3), progress=False)
+    pairs = list(zip(plain.parameters(), fitted.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def _cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu sse2 avx2 avx512f avx512bw avx512_bf16", True),
+        ("fpu sse2 avx2 amx_tile amx_bf16", True),
+        ("fpu sse2 avx2 avx512f avx512bw avx512_vnni", False),  # bf16 only emulated
+        ("fpu sse2 avx2", False),
+    ],
+)
+def test_bf16_pays_on_a_cpu_only_with_native_bf16(
+    tmp_path: Path, flags: str, expected: bool
+) -> None:
+    """Breaks if bf16_pays says yes on a CPU without avx512_bf16/amx_bf16, or no on one with."""
+    assert bf16_pays("cpu", cpuinfo=_cpuinfo(tmp_path, flags)) is expected
+
+
+def test_bf16_pays_without_cpuinfo_or_on_mps_is_false(tmp_path: Path) -> None:
+    """Breaks if an unreadable cpuinfo (macOS, Windows) or an MPS device turns bf16 on."""
+    assert bf16_pays("cpu", cpuinfo=tmp_path / "missing") is False
+    assert bf16_pays("mps", cpuinfo=_cpuinfo(tmp_path, "avx512_bf16")) is False
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((8, 0), True), ((7, 5), False)])
+def test_bf16_pays_on_cuda_from_compute_capability_8(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: bool
+) -> None:
+    """Breaks if bf16_pays turns bf16 on for a pre-Ampere GPU (emulated) or off for Ampere+."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert bf16_pays("cuda") is expected
 
 
 def test_predict_returns_cpu_predictions_in_order(
