@@ -1,4 +1,4 @@
-"""Transfer learning: freezing layers (and proving it), and the digits target data set.
+"""Transfer learning: freezing and unfreezing layers (and proving it), and the digits data.
 
 The target is scikit-learn's ``load_digits``: 1,797 real 8×8 scans of handwritten digits (pixel
 values 0–16), resized to 28×28 and stored as uint8 like Fashion-MNIST, so the course's
@@ -8,7 +8,7 @@ network expects its inputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torchvision.ops import FrozenBatchNorm2d
 
 from .data import FashionMNISTTensors
 
@@ -27,42 +28,127 @@ __all__ = [
     "parameter_counts",
     "snapshot",
     "trainable_parameters",
+    "unfreeze",
 ]
 
 DIGIT_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 
 
 def freeze(model: nn.Module, names: Iterable[str]) -> list[str]:
-    """Freeze the named submodules: ``requires_grad_(False)`` on their parameters, and their
-    BatchNorm layers kept in eval mode.
+    """Freeze the named submodules: ``requires_grad_(False)`` on their parameters, and each
+    ``BatchNorm2d`` inside them swapped for torchvision's ``FrozenBatchNorm2d``.
 
-    A frozen BatchNorm must not update its running mean and variance either: in train mode it
-    would, even with ``requires_grad=False``. A forward pre-hook puts each such layer back in eval
-    mode before every call, so a later ``model.train()`` cannot undo it.
+    ``requires_grad_(False)`` does not freeze a BatchNorm's running mean and variance: in train
+    mode every forward pass updates them. ``FrozenBatchNorm2d`` holds the same statistics and
+    affine values as buffers and always normalises with them, whatever ``model.train()`` says.
+    Freeze before building the optimiser; :func:`unfreeze` undoes all of it.
 
     Returns:
         The names of the parameters that were frozen.
+
+    Raises:
+        KeyError: a name is not a submodule of ``model``.
+        TypeError: a BatchNorm inside a frozen module is not ``BatchNorm2d`` (or does not track
+            running statistics), so ``FrozenBatchNorm2d`` cannot stand in for it.
     """
-    modules = dict(model.named_modules())
+    modules = _named(model, names)
+    for module in modules.values():  # refuse before changing anything
+        for sub in module.modules():
+            if isinstance(sub, _BatchNorm):
+                _check_freezable(sub)
     frozen = []
-    for name in names:
-        if name not in modules:
-            known = [n for n in modules if n]
-            raise KeyError(f"no submodule named {name!r}; the model has {known}")
-        module = modules[name]
+    for name, module in modules.items():
         for pname, p in module.named_parameters():
             p.requires_grad_(False)
             frozen.append(f"{name}.{pname}")
-        for sub in module.modules():
-            if isinstance(sub, _BatchNorm):
-                sub.eval()
-                sub.register_forward_pre_hook(_keep_eval)
+        _swap(model, name, _BatchNorm, _to_frozen)
     return frozen
 
 
-def _keep_eval(module: nn.Module, _args: object) -> None:
-    """Forward pre-hook: run a frozen BatchNorm in eval mode (returns None: inputs unchanged)."""
-    module.training = False
+def unfreeze(model: nn.Module, names: Iterable[str]) -> list[nn.Parameter]:
+    """Undo :func:`freeze` for the named submodules: ``FrozenBatchNorm2d`` back to a training
+    ``BatchNorm2d`` (same statistics, in the model's current mode), and ``requires_grad`` on.
+
+    Returns:
+        The parameters that became trainable: give them to the optimiser, e.g.
+        ``optimizer.add_param_group({"params": unfreeze(model, ["conv1"]), "lr": ...})``.
+    """
+    modules = _named(model, names)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    for name in modules:
+        _swap(model, name, FrozenBatchNorm2d, _to_batchnorm)
+    newly = []
+    for name in modules:
+        for p in model.get_submodule(name).parameters():
+            if id(p) not in trainable:
+                p.requires_grad_(True)
+                trainable.add(id(p))
+                newly.append(p)
+    return newly
+
+
+def _named(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if n not in modules or not n]
+    if unknown:
+        known = [n for n in modules if n]
+        raise KeyError(f"no submodule named {unknown}; the model has {known}")
+    return {n: modules[n] for n in names}
+
+
+def _swap(
+    model: nn.Module, name: str, kind: type, convert: Callable[[nn.Module], nn.Module]
+) -> None:
+    """Replace every ``kind`` module in ``model.<name>`` (or ``model.<name>`` itself)."""
+    for sub_name, sub in list(model.get_submodule(name).named_modules()):
+        if isinstance(sub, kind):
+            full = f"{name}.{sub_name}" if sub_name else name
+            parent_name, _, attr = full.rpartition(".")
+            setattr(model.get_submodule(parent_name), attr, convert(sub))
+
+
+def _check_freezable(bn: nn.Module) -> None:
+    if type(bn) is not nn.BatchNorm2d or bn.running_mean is None:
+        raise TypeError(
+            f"cannot freeze {bn}: only a BatchNorm2d with running statistics has a "
+            "FrozenBatchNorm2d counterpart; keep it in eval mode yourself"
+        )
+
+
+def _to_frozen(bn: nn.Module) -> FrozenBatchNorm2d:
+    _check_freezable(bn)
+    frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps).to(bn.running_mean.device)
+    with torch.no_grad():
+        frozen.running_mean.copy_(bn.running_mean)
+        frozen.running_var.copy_(bn.running_var)
+        if bn.affine:
+            frozen.weight.copy_(bn.weight)
+            frozen.bias.copy_(bn.bias)
+    # What FrozenBatchNorm2d does not keep, for unfreeze (plain attributes, not state).
+    frozen.restore = {
+        "momentum": bn.momentum,
+        "affine": bn.affine,
+        "num_batches_tracked": int(bn.num_batches_tracked),
+    }
+    return frozen
+
+
+def _to_batchnorm(frozen: nn.Module) -> nn.BatchNorm2d:
+    restore = getattr(frozen, "restore", {"momentum": 0.1, "affine": True})
+    bn = nn.BatchNorm2d(
+        frozen.weight.numel(),
+        eps=frozen.eps,
+        momentum=restore["momentum"],
+        affine=restore["affine"],
+    ).to(frozen.running_mean.device)
+    with torch.no_grad():
+        bn.running_mean.copy_(frozen.running_mean)
+        bn.running_var.copy_(frozen.running_var)
+        bn.num_batches_tracked.fill_(restore.get("num_batches_tracked", 0))
+        if bn.affine:
+            bn.weight.copy_(frozen.weight)
+            bn.bias.copy_(frozen.bias)
+    return bn
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -83,9 +169,11 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def changed_parameters(model: nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the ``state_dict`` entries that are not bit-identical to ``before``."""
+    """Names of the ``state_dict`` entries of ``before`` that are gone or not bit-identical now."""
     now = model.state_dict()
-    return [k for k, v in before.items() if not torch.equal(now[k].detach().cpu(), v)]
+    return [
+        k for k, v in before.items() if k not in now or not torch.equal(now[k].detach().cpu(), v)
+    ]
 
 
 def load_digits_tensors(

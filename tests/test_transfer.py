@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 
 from course_utils.data import TensorLoader, label_budget
+from course_utils.hooks import hook_count
 from course_utils.models import FashionCNN
 from course_utils.train import fit
 from course_utils.transfer import (
@@ -16,6 +18,7 @@ from course_utils.transfer import (
     parameter_counts,
     snapshot,
     trainable_parameters,
+    unfreeze,
 )
 
 
@@ -81,6 +84,60 @@ def test_frozen_batchnorm_statistics_survive_train_mode() -> None:
     assert not [k for k in changed if k.startswith(("conv1.", "bn1."))]
     assert "bn2.running_mean" in changed  # the trainable block's BN still adapts
     assert model.bn2.training
+
+
+def test_freeze_swaps_in_frozen_batchnorm_without_hooks() -> None:
+    torch.manual_seed(0)
+    model = FashionCNN(norm="batch").eval()
+    with torch.no_grad():
+        model.bn1.running_mean.normal_()
+        model.bn1.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(4, 1, 28, 28)
+    expected = model(x)
+    frozen = freeze(model, ["conv1", "bn1"])
+    assert frozen == ["conv1.weight", "bn1.weight", "bn1.bias"]
+    assert isinstance(model.bn1, FrozenBatchNorm2d) and hook_count(model) == 0
+    # FrozenBatchNorm2d has running statistics (buffers); it just never updates them.
+    assert {"bn1.running_mean", "bn1.running_var", "bn1.weight"} <= set(model.state_dict())
+    torch.testing.assert_close(model(x), expected)  # same function as the eval-mode BN
+
+
+def test_unfreeze_restores_batchnorm_training() -> None:
+    """Frozen: bn1's statistics survive model.train() and steps. Unfrozen: they and conv1 train
+    again, once the returned parameters are added to the optimiser."""
+    torch.manual_seed(0)
+    model = FashionCNN(norm="batch")
+    freeze(model, ["conv1", "bn1"])
+    optimizer = torch.optim.SGD(trainable_parameters(model), lr=0.1)
+    before = snapshot(model)
+    _step(model, optimizer)
+    assert not [k for k in changed_parameters(model, before) if k.startswith(("conv1", "bn1"))]
+    newly = unfreeze(model, ["conv1", "bn1"])
+    assert type(model.bn1) is nn.BatchNorm2d and model.bn1.training
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in newly) == ["bn1.bias", "bn1.weight", "conv1.weight"]
+    assert all(p.requires_grad for p in model.parameters())
+    assert torch.equal(model.bn1.running_mean, before["bn1.running_mean"])
+    optimizer.add_param_group({"params": newly, "lr": 0.01})
+    before = snapshot(model)
+    _step(model, optimizer)
+    changed = changed_parameters(model, before)
+    for key in ("conv1.weight", "bn1.weight", "bn1.running_mean", "bn1.running_var"):
+        assert key in changed, key
+
+
+def test_unfreeze_of_a_trainable_module_returns_nothing() -> None:
+    model = FashionCNN()
+    freeze(model, ["conv1"])
+    assert unfreeze(model, ["conv2"]) == []
+    assert len(unfreeze(model, ["conv1"])) == 2 and unfreeze(model, ["conv1"]) == []
+
+
+def test_freeze_refuses_batchnorm1d_before_changing_anything() -> None:
+    model = FashionCNN(norm="batch")
+    with pytest.raises(TypeError, match="BatchNorm1d"):
+        freeze(model, ["conv1", "bn_fc"])
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_unfrozen_batchnorm_statistics_do_change() -> None:
