@@ -1,4 +1,5 @@
-"""Figures the chapters share: learning curves, confusion matrix, image grids, misclassifications.
+"""Figures the chapters share: learning curves, confusion matrix, image grids, misclassifications;
+and ``show_source``, the highlighted listing of a package function a chapter wants read.
 
 Each function draws on a new figure (or the ``ax`` given), labels its axes, sets a title and
 returns the figure, so a notebook can show it, save it or add to it.
@@ -6,11 +7,13 @@ returns the figure, so a notebook can show it, save it or add to it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import Code
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
@@ -22,7 +25,17 @@ __all__ = [
     "plot_history",
     "plot_misclassified",
     "show_images",
+    "show_source",
 ]
+
+
+def show_source(obj: Callable | type) -> Code:
+    """The source of a package function or class, syntax-highlighted in the notebook and book.
+
+    For plumbing worth reading but not worth re-typing; a chapter's lesson is written in the
+    chapter instead.
+    """
+    return Code(inspect.getsource(obj), language="python")
 
 
 def plot_history(

@@ -3,8 +3,8 @@
 ``python -m course_utils.build.bench`` trains the seed CNN for one epoch with each input
 pipeline and speed switch (the seed's per-image ``DataLoader`` pipeline first, as the
 reference), times the course's best recipe to 91% and 93% test accuracy, reports peak memory,
-and lists the notebooks' execution times recorded by the last pipeline runs. It prints a table and writes JSON to
-``_build/bench/``. It runs unchanged on CPU and CUDA (``--device``).
+and lists the notebooks' execution times recorded by the last pipeline runs. It prints a table
+and writes JSON to ``_build/bench/``. It runs unchanged on CPU and CUDA (``--device``).
 
 Examples::
 
