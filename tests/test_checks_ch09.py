@@ -1,4 +1,4 @@
-"""The chapter-9 checks pass the right answers and fail the typical mistakes, with a useful hint."""
+"""Chapter 9 ``check_*`` helpers: the right answer passes, each typical mistake fails."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from course_utils.checks import check_preprocess_fn, check_response_fn
+from course_utils.checks.ch09 import check_preprocess_fn, check_response_fn
 from course_utils.data import CLASSES, MEAN, STD
 from course_utils.serve import crop_to_content, fit_to_square, normalise, stretch_contrast
 

@@ -1,4 +1,4 @@
-"""Chapter 8 and 10 checks pass the right answer and fail the typical mistakes."""
+"""Chapter 8 ``check_*`` helpers: the right answer passes, each typical mistake fails."""
 
 from __future__ import annotations
 
@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from course_utils.cam import gradcam_from, normalize_cams
-from course_utils.checks import (
-    check_cond_export,
-    check_dynamic_export,
-    check_gradcam_weighting,
-    check_normalize_cams,
-    check_traced_file,
-)
+from course_utils.checks.ch08 import check_cond_export, check_dynamic_export, check_traced_file
 from course_utils.export import InvertIfBright, export_model
 from course_utils.models import FashionCNN
 
@@ -32,9 +24,6 @@ def trace(model: nn.Module) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.jit.trace(model, torch.zeros(2, 1, 28, 28))
-
-
-# --- 8.1 ----------------------------------------------------------------------------------------
 
 
 def test_traced_file_right_answer_passes(
@@ -87,9 +76,6 @@ def test_traced_file_in_training_mode_fails(tmp_path: Path) -> None:
     assert with_dropout.training, "the check restores the model's mode"
 
 
-# --- 8.2 ----------------------------------------------------------------------------------------
-
-
 def test_dynamic_export_right_answer_passes(
     model: FashionCNN, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -113,9 +99,6 @@ def test_export_of_other_weights_fails(model: FashionCNN) -> None:
     other = FashionCNN(width=4, hidden=16).eval()
     with pytest.raises(AssertionError, match="outputs differ"):
         check_dynamic_export(export_model(other, torch.zeros(8, 1, 28, 28)), model)
-
-
-# --- 8.3 ----------------------------------------------------------------------------------------
 
 
 class CondInvert(InvertIfBright):
@@ -158,62 +141,3 @@ def test_cond_export_passes_not_implemented_through() -> None:
 
     with pytest.raises(NotImplementedError):
         check_cond_export(Blank)
-
-
-# --- 10.1 ---------------------------------------------------------------------------------------
-
-
-def test_gradcam_weighting_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
-    check_gradcam_weighting(gradcam_from)
-    assert capsys.readouterr().out.startswith("✅ Exercise 10.1:")
-
-
-@pytest.mark.parametrize(
-    ("wrong", "hint"),
-    [
-        (lambda a, g: (g.mean((2, 3), keepdim=True) * a).sum(1), "ReLU"),
-        (lambda a, g: F.relu((g.sum((2, 3), keepdim=True) * a).sum(1)), "mean"),
-        (lambda a, g: F.relu((a.mean((2, 3), keepdim=True) * g).sum(1)), "gradient"),
-        (lambda a, g: F.relu(g.mean((2, 3), keepdim=True) * a), "shape"),
-        (lambda a, g: F.relu((g.mean(1, keepdim=True) * a).sum(1)), "gradient"),
-    ],
-    ids=["no relu", "sum not mean", "swapped", "no channel sum", "channel mean"],
-)
-def test_gradcam_weighting_wrong_answers_fail(wrong, hint: str) -> None:
-    with pytest.raises(AssertionError, match=hint):
-        check_gradcam_weighting(wrong)
-
-
-# --- 10.2 ---------------------------------------------------------------------------------------
-
-
-def test_normalize_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
-    check_normalize_cams(normalize_cams)
-    assert capsys.readouterr().out.startswith("✅ Exercise 10.2:")
-
-
-def per_batch(c: torch.Tensor) -> torch.Tensor:
-    return (c - c.min()) / (c.max() - c.min())
-
-
-def no_min(c: torch.Tensor) -> torch.Tensor:
-    return c / (c.flatten(1).amax(1).view(-1, 1, 1) + 1e-8)
-
-
-def no_eps(c: torch.Tensor) -> torch.Tensor:
-    low = c.flatten(1).amin(1).view(-1, 1, 1)
-    return (c - low) / (c.flatten(1).amax(1).view(-1, 1, 1) - low)
-
-
-@pytest.mark.parametrize(
-    ("wrong", "hint"),
-    [
-        (per_batch, "own minimum"),
-        (no_min, "minimum first"),
-        (no_eps, "eps"),
-        (torch.sigmoid, "per map"),
-    ],
-)
-def test_normalize_wrong_answers_fail(wrong, hint: str) -> None:
-    with pytest.raises(AssertionError, match=hint):
-        check_normalize_cams(wrong)

@@ -1,4 +1,4 @@
-"""Each ``check_*`` helper passes the right answer and fails the typical mistakes."""
+"""Chapter 1 ``check_*`` helpers: the right answer passes, each typical mistake fails."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_utils.checks import (
+from course_utils.checks.ch01 import (
     check_conv_shapes,
     check_dynamic_flatten,
     check_evaluate_fn,
