@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 QUICK ?=
 QUICK_FLAG := $(if $(filter-out 0,$(QUICK)),--quick,)
 
-.PHONY: help book test lint data lab exercises solutions bench gpu-run clean
+.PHONY: help book test lint data lab exercises solutions grade bench gpu-run clean
 
 help:
 	@echo "make book   - install, fetch data, execute every chapter (QUICK=1 for quick mode), build _build/html"
@@ -16,6 +16,7 @@ help:
 	@echo "make data   - fetch and verify Fashion-MNIST only"
 	@echo "make exercises - regenerate exercises/ from solutions/"
 	@echo "make solutions - re-execute solutions/ in place (nbval's reference outputs), then regenerate exercises/"
+	@echo "make grade  - run your exercise notebooks in a fresh kernel: a table per task (passed/failed/not started) + _build/grade/grade.json"
 	@echo "make bench  - training-speed benchmark (python -m course_utils.build.bench), table + _build/bench/*.json"
 	@echo "make gpu-run - on a CUDA machine: every notebook in full mode with DEVICE=cuda, then the benchmark"
 
@@ -47,6 +48,9 @@ exercises: $(STAMP)
 
 solutions: $(STAMP) data
 	$(PY) -m course_utils.build.exercises execute
+
+grade: $(STAMP) data
+	$(PY) -m course_utils.grade
 
 bench: $(STAMP) data
 	$(PY) -m course_utils.build.bench
