@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from checks_support import fails, passes
 from torch import nn
 
+from course_utils import train
 from course_utils.checks.ch01 import (
     check_conv_shapes,
     check_dynamic_flatten,
-    check_evaluate_fn,
+    check_loops,
     check_per_class_accuracy,
 )
+from course_utils.train import evaluate as package_evaluate
+from course_utils.train import fit as package_fit
 
 # --- 1.1: shapes by hand ------------------------------------------------------------------------
 
@@ -64,149 +70,7 @@ def test_conv_shapes_missing_key_fails() -> None:
         check_conv_shapes(answer)
 
 
-# --- 1.2: evaluate_accuracy ---------------------------------------------------------------------
-
-
-def right_evaluate(model: nn.Module, loader) -> float:
-    model.eval()
-    correct, total = 0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += len(y)
-    return correct / total
-
-
-def train_mode(model: nn.Module, loader) -> float:
-    correct, total = 0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += len(y)
-    return correct / total
-
-
-def with_gradients(model: nn.Module, loader) -> float:
-    model.eval()
-    correct, total = 0, 0
-    for x, y in loader:
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
-    return correct / total
-
-
-def calls_backward(model: nn.Module, loader) -> float:
-    model.eval()
-    correct, total = 0, 0
-    for x, y in loader:
-        logits = model(x)
-        nn.functional.cross_entropy(logits, y).backward()
-        with torch.no_grad():
-            correct += (logits.argmax(1) == y).sum().item()
-        total += len(y)
-    return correct / total
-
-
-def mean_of_batches(model: nn.Module, loader) -> float:
-    model.eval()
-    accs = []
-    with torch.no_grad():
-        for x, y in loader:
-            accs.append((model(x).argmax(1) == y).float().mean().item())
-    return sum(accs) / len(accs)
-
-
-def divides_by_batches_times_size(model: nn.Module, loader) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum().item()
-    return correct / (len(loader) * loader.batch_size)
-
-
-def argmax_dim0(model: nn.Module, loader) -> float:
-    model.eval()
-    correct, total = 0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(0) == y).sum().item()
-            total += len(y)
-    return correct / total
-
-
-def returns_tensor(model: nn.Module, loader) -> float:
-    model.eval()
-    correct, total = torch.tensor(0), 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += (model(x).argmax(1) == y).sum()
-            total += len(y)
-    return correct / total  # type: ignore[return-value]
-
-
-def percentage(model: nn.Module, loader) -> float:
-    return 100 * right_evaluate(model, loader)
-
-
-def skips_last_batch(model: nn.Module, loader) -> float:
-    model.eval()
-    correct, total = 0, 0
-    with torch.no_grad():
-        for x, y in loader:
-            if len(y) < loader.batch_size:
-                break
-            correct += (model(x).argmax(1) == y).sum().item()
-            total += len(y)
-    return correct / total
-
-
-def test_evaluate_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
-    check_evaluate_fn(right_evaluate)
-    assert capsys.readouterr().out.startswith("✅ Exercise 1.2:")
-
-
-def test_evaluate_inference_mode_and_len_dataset_pass() -> None:
-    def inference(model: nn.Module, loader) -> float:
-        model.eval()
-        with torch.inference_mode():
-            correct = sum((model(x).argmax(1) == y).sum().item() for x, y in loader)
-        return correct / len(loader.dataset)
-
-    check_evaluate_fn(inference)
-
-
-@pytest.mark.parametrize(
-    ("fn", "hint"),
-    [
-        (train_mode, "model.eval()"),
-        (with_gradients, "torch.no_grad()"),
-        (calls_backward, "torch.no_grad()"),
-        (mean_of_batches, "averaged the per-batch accuracies"),
-        (divides_by_batches_times_size, "not len(loader) * batch_size"),
-        (argmax_dim0, "argmax(1)"),
-        (returns_tensor, "not a float"),
-        (percentage, "not a percentage"),
-        (skips_last_batch, "including the last"),
-    ],
-    ids=lambda v: getattr(v, "__name__", "hint"),
-)
-def test_evaluate_wrong_answer_fails(fn, hint: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(AssertionError) as err:
-        check_evaluate_fn(fn)
-    assert hint in str(err.value)
-    assert capsys.readouterr().out.startswith("❌ Exercise 1.2:")
-
-
-def test_evaluate_passes_not_implemented_through() -> None:
-    def blank(model: nn.Module, loader) -> float:
-        raise NotImplementedError("Exercise 1.2: write the evaluation loop")
-
-    with pytest.raises(NotImplementedError):
-        check_evaluate_fn(blank)
-
-
-# --- 1.3: a deeper CNN with a dynamic flatten -----------------------------------------------------
+# --- 1.2: a deeper CNN with a dynamic flatten -----------------------------------------------------
 
 
 def conv_blocks(channels: tuple[int, ...]) -> nn.Sequential:
@@ -274,7 +138,7 @@ class DetachedFeatures(RightCNN):
 
 def test_dynamic_flatten_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
     check_dynamic_flatten(RightCNN)
-    assert capsys.readouterr().out.startswith("✅ Exercise 1.3:")
+    assert capsys.readouterr().out.startswith("✅ Exercise 1.2:")
 
 
 @pytest.mark.parametrize(
@@ -295,7 +159,7 @@ def test_dynamic_flatten_wrong_answer_fails(
     with pytest.raises(AssertionError) as err:
         check_dynamic_flatten(model_cls)
     assert hint in str(err.value)
-    assert capsys.readouterr().out.startswith("❌ Exercise 1.3:")
+    assert capsys.readouterr().out.startswith("❌ Exercise 1.2:")
 
 
 def test_dynamic_flatten_keeps_global_random_state() -> None:
@@ -306,7 +170,7 @@ def test_dynamic_flatten_keeps_global_random_state() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-# --- 1.4: per-class accuracy --------------------------------------------------------------------
+# --- 1.3: per-class accuracy --------------------------------------------------------------------
 
 
 def right_per_class(y_true, y_pred, num_classes: int = 10) -> np.ndarray:
@@ -352,7 +216,7 @@ def numpy_only(y_true, y_pred, num_classes: int = 10) -> np.ndarray:
 def test_per_class_right_answers_pass(capsys: pytest.CaptureFixture[str]) -> None:
     check_per_class_accuracy(right_per_class)
     check_per_class_accuracy(loop_with_mean)  # nan from the mean of an empty slice is right
-    assert capsys.readouterr().out.startswith("✅ Exercise 1.4:")
+    assert capsys.readouterr().out.startswith("✅ Exercise 1.3:")
 
 
 @pytest.mark.parametrize(
@@ -371,4 +235,273 @@ def test_per_class_wrong_answer_fails(fn, hint: str, capsys: pytest.CaptureFixtu
     with pytest.raises(AssertionError) as err:
         check_per_class_accuracy(fn)
     assert hint in str(err.value)
-    assert capsys.readouterr().out.startswith("❌ Exercise 1.4:")
+    assert capsys.readouterr().out.startswith("❌ Exercise 1.3:")
+
+
+# --- 1.4: the training and evaluation loops -----------------------------------------------------
+
+
+def right_train(model, batches, optimizer, loss_fn, n_steps):
+    model.train()
+    losses = []
+    for x, y in itertools.islice(itertools.cycle(batches), n_steps):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def counter_train(model, batches, optimizer, loss_fn, n_steps):
+    """The same loop written with an outer loop and a step counter."""
+    model.train()
+    losses, step = [], 0
+    while step < n_steps:
+        for x, y in batches:
+            if step == n_steps:
+                break
+            optimizer.zero_grad(set_to_none=False)
+            loss = loss_fn(model(x.to("cpu")), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+    return losses
+
+
+def right_evaluate(model, batches, loss_fn):
+    was_training = model.training
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                logits = model(x)
+                total_loss += loss_fn(logits, y).item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+    finally:
+        model.train(was_training)
+    return total_loss / seen, correct / seen
+
+
+def inference_evaluate(model, batches, loss_fn):
+    """torch.inference_mode and a sum over a list: also right."""
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        pairs = [(model(x), y) for x, y in batches]
+    model.train(was_training)
+    n = sum(len(y) for _, y in pairs)
+    loss = sum(loss_fn(lg, y).item() * len(y) for lg, y in pairs) / n
+    return loss, sum((lg.argmax(1) == y).sum().item() for lg, y in pairs) / n
+
+
+def no_train_mode(model, batches, optimizer, loss_fn, n_steps):
+    losses = []
+    for x, y in itertools.islice(itertools.cycle(batches), n_steps):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def no_zero_grad(model, batches, optimizer, loss_fn, n_steps):
+    model.train()
+    losses = []
+    for x, y in itertools.islice(itertools.cycle(batches), n_steps):
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def one_pass_only(model, batches, optimizer, loss_fn, n_steps):
+    return right_train(model, batches, optimizer, loss_fn, len(batches))
+
+
+def step_before_backward(model, batches, optimizer, loss_fn, n_steps):
+    model.train()
+    losses = []
+    for x, y in itertools.islice(itertools.cycle(batches), n_steps):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        optimizer.step()
+        loss.backward()
+        losses.append(loss.item())
+    return losses
+
+
+def keeps_tensors(model, batches, optimizer, loss_fn, n_steps):
+    model.train()
+    losses = []
+    for x, y in itertools.islice(itertools.cycle(batches), n_steps):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss)
+    return losses
+
+
+def ends_in_eval(model, batches, optimizer, loss_fn, n_steps):
+    losses = right_train(model, batches, optimizer, loss_fn, n_steps)
+    model.eval()
+    return losses
+
+
+def chapter_evaluate(model, batches, loss_fn):
+    """The chapter's evaluate: right numbers, but the model is left in eval mode."""
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    with torch.inference_mode():
+        for x, y in batches:
+            logits = model(x)
+            total_loss += loss_fn(logits, y).item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+    return total_loss / seen, correct / seen
+
+
+def eval_in_train_mode(model, batches, loss_fn):
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        out = _sums(model, batches, loss_fn)[:2]
+    model.train(was_training)
+    return out
+
+
+def _sums(model, batches, loss_fn):
+    total_loss, correct, seen, per_batch = 0.0, 0, 0, []
+    for x, y in batches:
+        logits = model(x)
+        loss = loss_fn(logits, y).item()
+        hits = (logits.argmax(1) == y).sum().item()
+        per_batch.append((loss, hits / len(y)))
+        total_loss, correct, seen = total_loss + loss * len(y), correct + hits, seen + len(y)
+    return total_loss / seen, correct / seen, per_batch
+
+
+def eval_with_gradients(model, batches, loss_fn):
+    was_training = model.training
+    model.eval()
+    out = _sums(model, batches, loss_fn)[:2]
+    model.train(was_training)
+    return out
+
+
+def mean_of_batch_accuracies(model, batches, loss_fn):
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        loss, _, per_batch = _sums(model, batches, loss_fn)
+    model.train(was_training)
+    return loss, float(np.mean([a for _, a in per_batch]))
+
+
+def mean_of_batch_losses(model, batches, loss_fn):
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        _, acc, per_batch = _sums(model, batches, loss_fn)
+    model.train(was_training)
+    return float(np.mean([v for v, _ in per_batch])), acc
+
+
+def percentage_accuracy(model, batches, loss_fn):
+    loss, acc = right_evaluate(model, batches, loss_fn)
+    return loss, 100 * acc
+
+
+def accuracy_only(model, batches, loss_fn):
+    return right_evaluate(model, batches, loss_fn)[1]
+
+
+def test_loops_right_answers_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    passes(lambda fns: check_loops(*fns), (right_train, right_evaluate), "1.4", capsys)
+    passes(lambda fns: check_loops(*fns), (counter_train, inference_evaluate), "1.4", capsys)
+
+
+@pytest.mark.parametrize(
+    ("train_steps", "hint"),
+    [
+        (no_train_mode, "model.train()"),
+        (no_zero_grad, "optimizer.zero_grad() before each backward()"),
+        (one_pass_only, "run exactly n_steps optimizer steps"),
+        (step_before_backward, "loss.backward() → optimizer.step()"),
+        (keeps_tensors, "loss.item()"),
+        (ends_in_eval, "leave it in train mode"),
+    ],
+    ids=lambda v: getattr(v, "__name__", "hint"),
+)
+def test_loops_wrong_training_loop_fails(train_steps, hint: str, capsys) -> None:
+    fails(lambda fn: check_loops(fn, right_evaluate), train_steps, hint, "1.4", capsys)
+
+
+@pytest.mark.parametrize(
+    ("evaluate_model", "hint"),
+    [
+        (chapter_evaluate, "model.train(was_training)"),
+        (eval_in_train_mode, "call model.eval() before the loop"),
+        (eval_with_gradients, "torch.no_grad()"),
+        (mean_of_batch_accuracies, "averaged the per-batch accuracies"),
+        (mean_of_batch_losses, "weighs the short last batch"),
+        (percentage_accuracy, "not a percentage"),
+        (accuracy_only, "not (loss, accuracy)"),
+    ],
+    ids=lambda v: getattr(v, "__name__", "hint"),
+)
+def test_loops_wrong_evaluation_loop_fails(evaluate_model, hint: str, capsys) -> None:
+    fails(lambda fn: check_loops(right_train, fn), evaluate_model, hint, "1.4", capsys)
+
+
+def fit_shortcut(model, batches, optimizer, loss_fn, n_steps):
+    """Passes on the numbers: the package's fit over the cycled batches."""
+    steps = list(itertools.islice(itertools.cycle(batches), n_steps))
+    history = train.fit(model, steps, None, 1, optimizer, loss_fn=loss_fn, progress=False)
+    return history.step_loss
+
+
+def fit_alias_shortcut(model, batches, optimizer, loss_fn, n_steps):
+    """The same through a name imported into the learner's module."""
+    steps = list(itertools.islice(itertools.cycle(batches), n_steps))
+    return package_fit(model, steps, None, 1, optimizer, loss_fn=loss_fn, progress=False).step_loss
+
+
+def evaluate_shortcut(model, batches, loss_fn):
+    return train.evaluate(model, batches, loss_fn)
+
+
+def evaluate_alias_shortcut(model, batches, loss_fn):
+    return package_evaluate(model, batches, loss_fn)
+
+
+@pytest.mark.parametrize(
+    ("answer", "label"),
+    [
+        ((fit_shortcut, right_evaluate), "course_utils.train.fit"),
+        ((fit_alias_shortcut, right_evaluate), "package_fit"),
+        ((right_train, evaluate_shortcut), "course_utils.train.evaluate"),
+        ((right_train, evaluate_alias_shortcut), "package_evaluate"),
+    ],
+    ids=["fit", "fit-imported-as-alias", "evaluate", "evaluate-imported-as-alias"],
+)
+def test_loops_package_shortcut_refused(answer, label: str, capsys) -> None:
+    fit, evaluate = train.fit, train.evaluate
+    message = fails(lambda fns: check_loops(*fns), answer, "write the", "1.4", capsys)
+    assert label in message, message
+    assert train.fit is fit and train.evaluate is evaluate  # restored afterwards
+    assert package_fit is fit and package_evaluate is evaluate
+
+
+def test_loops_pass_not_implemented_through() -> None:
+    def blank(*_args):
+        raise NotImplementedError("Exercise 1.4: write the training loop")
+
+    with pytest.raises(NotImplementedError):
+        check_loops(blank, right_evaluate)

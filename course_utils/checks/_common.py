@@ -118,3 +118,35 @@ def build_model(ex: str, model_cls: Callable[..., nn.Module], **kwargs: Any) -> 
     if not isinstance(model, nn.Module):
         raise failure(ex, f"{name}() is not an nn.Module", "subclass nn.Module.")
     return model
+
+class _Namespace:
+    """A module's globals ``dict`` seen as an object, so that ``mock.patch.object`` can patch a
+    name in it (``from torch.nn.functional import dropout`` binds ``dropout`` there)."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        object.__setattr__(self, "__dict__", namespace)
+
+
+def aliases(
+    functions: Sequence[Callable[..., Any]], shortcuts: Sequence[tuple[object, str]]
+) -> list[tuple[object, str]]:
+    """The names in the learner's modules that are bound to one of the ``shortcuts``.
+
+    ``refuse`` patches ``torch.nn.functional.dropout``, but a notebook that ran ``from
+    torch.nn.functional import dropout as drop`` still holds the original under ``drop``. This
+    returns ``(namespace, "drop")`` pairs for every such name in the globals of ``functions``
+    (and of the methods of classes among them), to pass to :func:`refuse` as well.
+    """
+    targets = {id(getattr(owner, name)) for owner, name in shortcuts if hasattr(owner, name)}
+    namespaces: dict[int, dict[str, Any]] = {}
+    for fn in functions:
+        members = vars(fn).values() if isinstance(fn, type) else [fn]
+        for member in members:
+            namespace = getattr(getattr(member, "__func__", member), "__globals__", None)
+            if isinstance(namespace, dict):
+                namespaces[id(namespace)] = namespace
+    found = []
+    for namespace in namespaces.values():
+        view = _Namespace(namespace)
+        found += [(view, n) for n, v in list(namespace.items()) if id(v) in targets]
+    return found
