@@ -193,16 +193,14 @@ def check_dynamic_flatten(model_cls: Callable[..., nn.Module], n_convs: int = 3)
         try:
             model.eval()
             with torch.no_grad():
-                out = model(x)
-        except NotImplementedError:
-            raise
-        except Exception as err:
-            raise failure(
-                ex,
-                f"forward on a [2, 1, {size}, {size}] batch raised {type(err).__name__}: {err}",
-                "the flatten size must follow the input size: compute it in __init__ from a dummy "
-                "forward pass instead of typing a number like 128 * 3 * 3.",
-            ) from err
+                out = call(
+                    ex,
+                    f"{name}'s forward on a [2, 1, {size}, {size}] batch",
+                    model,
+                    x,
+                    hint="the flatten size must follow the input size: compute it in __init__ "
+                    "from a dummy forward pass instead of typing a number like 128 * 3 * 3.",
+                )
         finally:
             for hook in hooks:
                 hook.remove()
@@ -278,20 +276,18 @@ def check_per_class_accuracy(fn: Callable[[Any, Any], np.ndarray], num_classes: 
     cases = _per_class_cases()
     for case, y_true, y_pred in cases:
         true_np, pred_np = np.asarray(y_true), np.asarray(y_pred)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. numpy's "Mean of empty slice"
-                with np.errstate(all="ignore"):
-                    result = fn(y_true, y_pred)
-        except NotImplementedError:
-            raise
-        except Exception as err:
-            raise failure(
-                ex,
-                f"per_class_accuracy raised {type(err).__name__} on case '{case}': {err}",
-                "convert the inputs with np.asarray, and give nan (not an error) to a class with "
-                "no examples.",
-            ) from err
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. numpy's "Mean of empty slice"
+            with np.errstate(all="ignore"):
+                result = call(
+                    ex,
+                    f"per_class_accuracy on case '{case}'",
+                    fn,
+                    y_true,
+                    y_pred,
+                    hint="convert the inputs with np.asarray, and give nan (not an error) to a "
+                    "class with no examples.",
+                )
         if not isinstance(result, np.ndarray):
             raise failure(
                 ex,
