@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import torch
+from checks_support import fails, passes
 from torch import nn
 
-from course_utils.checks.ch06 import check_freeze_bn_block, check_freeze_conv1
-
-
-def _fails(check: Callable[[object], None], answer: object, hint: str, capsys) -> None:
-    with pytest.raises(AssertionError) as err:
-        check(answer)
-    assert hint in str(err.value)
-    assert "❌ Exercise" in capsys.readouterr().out
+from course_utils import transfer
+from course_utils.checks._common import ShortcutRefused
+from course_utils.checks.ch06 import check_fine_tune, check_freeze_bn_block, check_freeze_conv1
 
 
 def _freeze_right(model: nn.Module) -> torch.optim.Optimizer:
@@ -24,8 +18,7 @@ def _freeze_right(model: nn.Module) -> torch.optim.Optimizer:
 
 
 def test_freeze_conv1_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
-    check_freeze_conv1(_freeze_right)
-    assert capsys.readouterr().out.startswith("✅ Exercise 6.1:")
+    passes(check_freeze_conv1, _freeze_right, "6.1", capsys)
 
 
 def _all_params(model: nn.Module) -> torch.optim.Optimizer:
@@ -65,9 +58,17 @@ def _misses_head(model: nn.Module) -> torch.optim.Optimizer:
         (_misses_head, "pass every trainable parameter"),
         (lambda model: None, "return the optimiser"),
     ],
+    ids=[
+        "optimiser-holds-frozen",
+        "not-frozen",
+        "froze-too-much",
+        "only-weight-frozen",
+        "misses-head",
+        "returns-none",
+    ],
 )
 def test_freeze_conv1_wrong_answers_fail(answer, hint, capsys) -> None:
-    _fails(check_freeze_conv1, answer, hint, capsys)
+    fails(check_freeze_conv1, answer, hint, "6.1", capsys)
 
 
 def _freeze_bn_right(model: nn.Module) -> None:
@@ -80,6 +81,17 @@ def _freeze_bn_eval_once(model: nn.Module) -> None:
     model.conv1.requires_grad_(False)
     model.bn1.requires_grad_(False)
     model.bn1.eval()  # undone by the next model.train()
+
+
+def _freeze_bn_momentum_zero(model: nn.Module) -> None:
+    model.conv1.requires_grad_(False)
+    model.bn1.requires_grad_(False)
+    model.bn1.momentum = 0  # statistics stay put, but train mode normalises per batch
+
+
+def _freeze_bn_identity(model: nn.Module) -> None:
+    model.conv1.requires_grad_(False)
+    model.bn1 = nn.Identity()
 
 
 def test_freeze_bn_right_answers_pass(capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,7 +107,138 @@ def test_freeze_bn_right_answers_pass(capsys: pytest.CaptureFixture[str]) -> Non
     [
         (_freeze_bn_eval_once, "running"),
         (lambda model: model.conv1.requires_grad_(False), "still require grad"),
+        (_freeze_bn_momentum_zero, "momentum = 0 only stops"),
+        (_freeze_bn_identity, "instead of replacing it with nn.Identity"),
     ],
+    ids=["eval-once", "bn1-not-frozen", "momentum-zero", "bn1-replaced-by-identity"],
 )
 def test_freeze_bn_wrong_answers_fail(answer, hint, capsys) -> None:
-    _fails(check_freeze_bn_block, answer, hint, capsys)
+    fails(check_freeze_bn_block, answer, hint, "6.2", capsys)
+
+
+# --- 6.3: phases and parameter groups ------------------------------------------------------
+
+BODY = ("conv1", "conv2")
+
+
+def _body(model: nn.Module) -> list[nn.Parameter]:
+    return [p for name in BODY for p in model.get_submodule(name).parameters()]
+
+
+def _loop(model, batches, optimizer) -> None:
+    model.train()
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+
+def _fine_tune(
+    model,
+    batches,
+    epochs,
+    unfreeze_after,
+    head_lr,
+    body_lr,
+    *,
+    late=0,
+    add=True,
+    lr_factor=None,
+    hard_k=None,
+):
+    k = hard_k if hard_k is not None else unfreeze_after
+    for p in _body(model):
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=head_lr)
+    for epoch in range(epochs):
+        if epoch == k + late:
+            for p in _body(model):
+                p.requires_grad_(True)
+            if add:
+                lr = body_lr if lr_factor is None else head_lr * lr_factor
+                optimizer.add_param_group({"params": _body(model), "lr": lr})
+        _loop(model, batches, optimizer)
+    return optimizer
+
+
+def _holds_all_from_start(model, batches, epochs, unfreeze_after, head_lr, body_lr):
+    for p in _body(model):
+        p.requires_grad_(False)
+    head = [p for n, p in model.named_parameters() if n.startswith(("fc1", "fc2"))]
+    optimizer = torch.optim.Adam(
+        [{"params": head, "lr": head_lr}, {"params": _body(model), "lr": body_lr}]
+    )
+    for epoch in range(epochs):
+        if epoch == unfreeze_after:
+            for p in _body(model):
+                p.requires_grad_(True)
+        _loop(model, batches, optimizer)
+    return optimizer
+
+
+def _never_freezes(model, batches, epochs, unfreeze_after, head_lr, body_lr):
+    head = [p for n, p in model.named_parameters() if n.startswith(("fc1", "fc2"))]
+    optimizer = torch.optim.Adam([{"params": head, "lr": head_lr}])
+    optimizer.add_param_group({"params": _body(model), "lr": body_lr})
+    for _ in range(epochs):
+        _loop(model, batches, optimizer)
+    return optimizer
+
+
+def _library_freeze(model, batches, epochs, unfreeze_after, head_lr, body_lr):
+    transfer.freeze(model, list(BODY))
+    optimizer = torch.optim.Adam(transfer.trainable_parameters(model), lr=head_lr)
+    for epoch in range(epochs):
+        if epoch == unfreeze_after:
+            optimizer.add_param_group(
+                {"params": transfer.unfreeze(model, list(BODY)), "lr": body_lr}
+            )
+        _loop(model, batches, optimizer)
+    return optimizer
+
+
+def test_fine_tune_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    passes(check_fine_tune, _fine_tune, "6.3", capsys)
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (lambda *a: _fine_tune(*a, add=False), "optimizer.add_param_group"),
+        (_holds_all_from_start, "the optimiser held frozen parameters"),
+        (_never_freezes, "frozen (requires_grad_(False)) for epochs"),
+        (lambda *a: _fine_tune(*a, late=1), "unfreeze when epoch == unfreeze_after"),
+        (lambda *a: _fine_tune(*a, lr_factor=1.0), "the body's group has lr"),
+        (lambda *a: _fine_tune(*a, hard_k=1), "unfreeze when epoch == unfreeze_after"),
+        (lambda *a: None, "return the optimiser"),
+        (_library_freeze, "write freezing and unfreezing yourself"),
+    ],
+    ids=[
+        "no-add_param_group",
+        "optimiser-holds-frozen-body",
+        "never-frozen",
+        "unfreezes-an-epoch-late",
+        "body-at-head-lr",
+        "hard-coded-unfreeze-epoch",
+        "returns-none",
+        "shortcut-transfer.freeze",
+    ],
+)
+def test_fine_tune_wrong_answers_fail(answer, hint, capsys) -> None:
+    fails(check_fine_tune, answer, hint, "6.3", capsys)
+
+
+def test_fine_tune_refuses_aliases_and_restores_them(capsys) -> None:
+    originals = (transfer.freeze, transfer.unfreeze, transfer.trainable_parameters)
+    namespace = {"froze": transfer.freeze, "base": _fine_tune}
+    exec(
+        "def alias(model, *rest):\n"
+        "    froze(model, ['conv1', 'conv2'])\n"
+        "    return base(model, *rest)\n",
+        namespace,
+    )
+    with pytest.raises(ShortcutRefused):
+        check_fine_tune(namespace["alias"])
+    assert (transfer.freeze, transfer.unfreeze, transfer.trainable_parameters) == originals
+    assert namespace["froze"] is transfer.freeze
+    capsys.readouterr()

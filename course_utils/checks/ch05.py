@@ -1,21 +1,26 @@
-"""Checks of the chapter 5 exercises: filter display, capturing activations with a hook."""
+"""Checks of the chapter 5 exercises: filter display, a forward hook, a hook recorder."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._common import (
+    aliases,
+    call,
     failure,
     passed,
+    refuse,
     small_model,
 )
 
 __all__ = [
     "check_filter_display",
     "check_hook_capture",
+    "check_hook_recorder",
 ]
 
 
@@ -33,14 +38,7 @@ def check_filter_display(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
     scaled = weight * torch.logspace(-1, 1, len(weight))[:, None, None, None]
     for case, w in (("conv1 weight", weight), ("filters of very different scales", scaled)):
         original = w.clone()
-        try:
-            out = fn(w)
-        except NotImplementedError:
-            raise
-        except Exception as err:
-            raise failure(
-                ex, f"raised {type(err).__name__} on the {case}: {err}", "work on a detached copy."
-            ) from err
+        out = call(ex, f"fn on the {case}", fn, w, hint="work on a detached copy.")
         if not torch.equal(w, original):
             raise failure(ex, "changed the weight in place", "compute on w.detach().clone().")
         if not isinstance(out, torch.Tensor):
@@ -89,14 +87,7 @@ def check_hook_capture(fn: Callable[[nn.Module, str, torch.Tensor], torch.Tensor
         }
     expected["act2"] = model.act2(expected["conv2"])
     for name, ref in expected.items():
-        try:
-            out = fn(model, name, x)
-        except NotImplementedError:
-            raise
-        except Exception as err:
-            raise failure(
-                ex, f"raised {type(err).__name__} for {name!r}: {err}", "use getattr/named_modules."
-            ) from err
+        out = call(ex, f"fn(model, {name!r}, x)", fn, model, name, x, hint="use named_modules.")
         module = dict(model.named_modules())[name]
         if module._forward_hooks:
             raise failure(
@@ -152,3 +143,149 @@ class _CatchValueError:
 
     def __bool__(self) -> bool:
         return self.caught
+
+
+# --- 5.3 ---------------------------------------------------------------------------------------
+
+
+def _recorder_shortcuts() -> list[tuple[object, str]]:
+    """The package's own recorders, under every module name a notebook can reach them by."""
+    from .. import hooks, inspection
+
+    return [
+        (hooks, "capture_activations"),
+        (inspection, "capture_activations"),
+        (inspection, "stage_activations"),
+    ]
+
+
+def _forward_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def check_hook_recorder(recorder_cls: Callable[..., Any]) -> None:
+    """Exercise 5.3: ``recorder_cls(model, names)`` is a context manager whose ``__enter__``
+    returns an object with ``.outputs = {name: [tensor per call]}``.
+
+    Verified: outputs equal the layers' (``pool``, called twice per pass, records twice; two
+    passes record twice as many), detached clones (an in-place ReLU after the layer must not
+    change them), a fresh recorder starts empty, no hook left after the ``with`` (also when
+    the block raises, and the error propagates). The package's recorders are switched off.
+    """
+    ex = "5.3"
+    model = small_model().eval()
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        conv1 = model.conv1(x)
+        pool1 = model.pool(model.act1(conv1))
+        pool2 = model.pool(model.act2(model.conv2(pool1)))
+    expected = {"conv1": [conv1], "pool": [pool1, pool2]}
+    names = list(expected)
+    hint_api = "__enter__ registers one hook per name and returns self; outputs[name] is a list."
+    shortcuts = _recorder_shortcuts()
+    with refuse(ex, [*shortcuts, *aliases([recorder_cls], shortcuts)], "the recorder"):
+        recorder = call(
+            ex, f"{_name(recorder_cls)}(model, {names})", recorder_cls, model, names, hint=hint_api
+        )
+        with recorder as rec:
+            hooks_inside = _forward_hooks(model)
+            model(x)  # with autograd on: the recorder must detach
+        outputs = getattr(rec, "outputs", None)
+        if not isinstance(outputs, dict):
+            raise failure(ex, f"`rec.outputs` is {type(outputs).__name__}, not a dict", hint_api)
+        if hooks_inside != len(names):
+            raise failure(
+                ex,
+                f"{hooks_inside} hook(s) on the model inside the `with`, expected {len(names)}",
+                "register exactly one forward hook per name in __enter__.",
+            )
+        left = _forward_hooks(model)
+        if left:
+            raise failure(
+                ex,
+                f"{left} hook(s) left on the model after the `with` block",
+                "keep every handle and call handle.remove() in __exit__.",
+            )
+        for name, refs in expected.items():
+            got = outputs.get(name)
+            if not isinstance(got, list) or len(got) != len(refs):
+                count = len(got) if isinstance(got, list) else type(got).__name__
+                raise failure(
+                    ex,
+                    f"outputs[{name!r}] holds {count} entries after one forward pass, "
+                    f"expected {len(refs)} ({name} is called {len(refs)}× per pass)",
+                    "append the hook's output to a list on every call; do not overwrite it.",
+                )
+            for k, (out, ref) in enumerate(zip(got, refs, strict=True)):
+                if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+                    raise failure(
+                        ex,
+                        f"outputs[{name!r}][{k}] is not a tensor of shape {tuple(ref.shape)}",
+                        "store the hook's third argument, `output`.",
+                    )
+                if out.requires_grad:
+                    raise failure(
+                        ex, f"outputs[{name!r}][{k}] still requires grad", "store output.detach()."
+                    )
+                if not torch.allclose(out, ref, atol=1e-5):
+                    raise failure(
+                        ex,
+                        f"outputs[{name!r}][{k}] differs from the layer's output",
+                        "store the hook's output (third argument), not its input.",
+                    )
+        # Two passes inside one block record twice; a fresh recorder starts empty.
+        with recorder_cls(model, ["conv1"]) as again, torch.no_grad():
+            model(x)
+            model(x)
+        n_again = len(again.outputs.get("conv1", []))
+        if n_again != 2:
+            raise failure(
+                ex,
+                f"a fresh recorder over two forward passes holds {n_again} conv1 outputs, "
+                "expected 2",
+                "create the outputs dict in __init__ or __enter__ (self.outputs = {...}), not "
+                "as a class attribute shared by every recorder.",
+            )
+        # An in-place layer after the recorded one must not change what was recorded.
+        net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True))
+        with torch.no_grad():
+            raw = net[0](x)
+        with recorder_cls(net, ["0"]) as inplace, torch.no_grad():
+            net(x)
+        kept = inplace.outputs["0"][0]
+        if not torch.equal(kept, raw):
+            raise failure(
+                ex,
+                "the recorded conv output lost its negative values to the in-place ReLU after it",
+                "store output.detach().clone(): without the clone you keep a reference that "
+                "the next in-place layer overwrites.",
+            )
+        # An error inside the block: hooks removed, the error not swallowed.
+        propagated = False
+        try:
+            with recorder_cls(model, names):
+                model(torch.zeros(1, 1, 20, 20))  # FashionCNN refuses 20×20 inputs
+        except ValueError:
+            propagated = True
+        left = _forward_hooks(model)
+        if left:
+            raise failure(
+                ex,
+                f"{left} hook(s) left after a `with` block that raised",
+                "__exit__ runs also when the block raises: remove the handles there.",
+            )
+        if not propagated:
+            raise failure(
+                ex,
+                "the error raised inside the `with` block was swallowed",
+                "__exit__ must return None/False, so that the exception carries on.",
+            )
+    passed(
+        ex,
+        "conv1 and pool (twice per pass) recorded exactly, detached clones, fresh per "
+        "recorder; zero hooks left, also after an error",
+    )
+
+
+def _name(obj: object) -> str:
+    return getattr(obj, "__name__", type(obj).__name__)
