@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,8 @@ __all__ = [
 PASSED, FAILED, NOT_STARTED, MISSING = "passed", "failed", "not started", "missing"
 DEFAULT_JSON = BUILD_DIR / "grade" / "grade.json"
 CHECK_CALL = re.compile(r"\b(check_\w+)\s*\(")  # how a check cell calls its check
+PASSED_LINE = re.compile(r"✅ Exercise (\S+?):")  # printed by course_utils.checks' passed()
+EXERCISE_ERROR = re.compile(r"Exercise (\S+?):")  # the start of a check's or a blank's error
 
 
 @dataclass
@@ -100,7 +103,7 @@ def task_checks(solution: NotebookNode) -> dict[str, str | None]:
     """Each task id of a solution notebook, in order, with the check function that grades it.
 
     The ids are those of the ``# BEGIN SOLUTION N.k: …`` markers; a task's check is the first
-    ``check_…(`` call after its marker (``None`` if there is none before the next marker).
+    ``check_…(`` call after its marker (``None`` if there is none), which may grade several.
     """
     tasks: dict[str, str | None] = {}
     waiting: list[str] = []  # tasks whose check call has not been seen yet
@@ -110,9 +113,10 @@ def task_checks(solution: NotebookNode) -> dict[str, str | None]:
         for line in cell.source.split("\n"):
             if (begin := BEGIN.match(line)) and (full := BEGIN_FULL.match(begin["rest"])):
                 tasks[full["id"]] = None
-                waiting = [full["id"]]  # a check before the next marker grades this one
+                waiting.append(full["id"])
             elif waiting and (call := CHECK_CALL.search(line)):
-                tasks[waiting.pop()] = call[1]
+                tasks.update(dict.fromkeys(waiting, call[1]))  # one check may grade two blanks
+                waiting = []
     return tasks
 
 
@@ -143,6 +147,13 @@ def _hint(evalue: str) -> str:
     return f"{problem}; hint: {hint}" if hint else problem
 
 
+def _named(reported: str, tasks: dict[str, str | None]) -> list[str]:
+    """The tasks that "Exercise ``reported``" is about: that task, or its parts (8.2a, 8.2b)."""
+    if reported in tasks:
+        return [reported]
+    return [t for t in tasks if t.startswith(reported) and t[len(reported) :].isalpha()]
+
+
 def _first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0]
 
@@ -158,7 +169,7 @@ def grade_executed(nb: NotebookNode, tasks: dict[str, str | None], name: str) ->
     evidence: dict[str, TaskGrade] = {}
 
     def note(task: str, status: str, hint: str = "") -> None:
-        rank = {NOT_STARTED: 0, FAILED: 1, PASSED: 2}  # the first blank or failure wins
+        rank = {NOT_STARTED: 0, FAILED: 1, PASSED: 2}  # a blank beats a failure beats a pass
         old = evidence.get(task)
         if old is None or rank[status] < rank[old.status]:
             evidence[task] = TaskGrade(task, status, hint)
@@ -171,16 +182,15 @@ def grade_executed(nb: NotebookNode, tasks: dict[str, str | None], name: str) ->
             check_cells.setdefault(check, []).append(cell)
         for output in cell.get("outputs", []):
             if output.output_type == "stream" and output.name == "stdout":
-                for task in tasks:
-                    if f"✅ Exercise {task}:" in output.text:
+                for reported in PASSED_LINE.findall(output.text):
+                    for task in _named(reported, tasks):
                         note(task, PASSED)
-            elif output.output_type == "error":
-                for task in tasks:
-                    if output.evalue.startswith(f"Exercise {task}:"):
-                        if output.ename == "NotImplementedError":
-                            note(task, NOT_STARTED)
-                        else:
-                            note(task, FAILED, _hint(output.evalue))
+            elif output.output_type == "error" and (named := EXERCISE_ERROR.match(output.evalue)):
+                for task in _named(named[1], tasks):
+                    if output.ename == "NotImplementedError":
+                        note(task, NOT_STARTED)
+                    else:
+                        note(task, FAILED, _hint(output.evalue))
     grades = []
     for task, check in tasks.items():
         if task in evidence:
@@ -192,7 +202,10 @@ def grade_executed(nb: NotebookNode, tasks: dict[str, str | None], name: str) ->
             grades.append(TaskGrade(task, MISSING, f"no cell calls {check or 'its check'}()"))
         elif errors:
             error = errors[0]
-            grades.append(TaskGrade(task, FAILED, f"{error.ename}: {_first_line(error.evalue)}"))
+            problem = f"{error.ename}: {_first_line(error.evalue)}"
+            if error.ename == "NotImplementedError":
+                problem = f"its check did not run: {_first_line(error.evalue)} is not written yet"
+            grades.append(TaskGrade(task, FAILED, problem))
         else:
             grades.append(TaskGrade(task, FAILED, f"{check}() printed no ✅ line"))
     return NotebookGrade(name, grades)
@@ -201,7 +214,8 @@ def grade_executed(nb: NotebookNode, tasks: dict[str, str | None], name: str) ->
 def grade_notebook(notebook: Path, timeout: int = 600) -> NotebookGrade:
     """Execute ``notebook`` (never modifying it) and grade each task of its solution notebook."""
     solution = nbformat.read(solution_for(notebook), as_version=4)
-    return grade_executed(execute(notebook, timeout), task_checks(solution), str(notebook))
+    name = os.path.relpath(notebook) if notebook.is_absolute() else str(notebook)
+    return grade_executed(execute(notebook, timeout), task_checks(solution), name)
 
 
 def render_table(grade: NotebookGrade) -> str:

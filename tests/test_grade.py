@@ -47,10 +47,19 @@ def test_task_checks_come_from_the_markers_in_order() -> None:
             ),
             new_code_cell("check_f(f)"),
             new_code_cell("# BEGIN SOLUTION 3.2: set g\ng = 2\n# END SOLUTION\ncheck_g(g)"),
-            new_code_cell("# BEGIN SOLUTION 3.10: no check\nh = 3\n# END SOLUTION"),
+            new_code_cell("# BEGIN SOLUTION 3.3a: h\nh = 3\n# END SOLUTION"),
+            new_code_cell("# BEGIN SOLUTION 3.3b: i\ni = 4\n# END SOLUTION"),
+            new_code_cell("check_hi(h, i)"),
+            new_code_cell("# BEGIN SOLUTION 3.10: no check\nj = 5\n# END SOLUTION"),
         ]
     )
-    assert task_checks(nb) == {"3.1": "check_f", "3.2": "check_g", "3.10": None}
+    assert task_checks(nb) == {
+        "3.1": "check_f",
+        "3.2": "check_g",
+        "3.3a": "check_hi",
+        "3.3b": "check_hi",
+        "3.10": None,
+    }
 
 
 def error(ename: str, evalue: str) -> nbformat.NotebookNode:
@@ -103,6 +112,27 @@ def test_a_refused_shortcut_is_a_failure_and_a_blank_wins_over_a_pass() -> None:
     )
     assert grades["1.1"] == TaskGrade("1.1", FAILED, "called F.x; hint: h")
     assert grades["1.2"].status == NOT_STARTED
+
+
+def test_a_check_named_for_a_task_in_parts_grades_every_part() -> None:
+    parts = {"8.2a": "check_x", "8.2b": "check_x", "8.20": "check_y"}
+    nb = new_notebook(
+        cells=[
+            executed_cell("a = 1"),
+            executed_cell("b = 2", error("NotImplementedError", "Exercise 8.2b: write b")),
+            executed_cell("check_x(a, b)", error("NotImplementedError", "Exercise 8.2b: b")),
+            executed_cell("check_y(c)", stdout("✅ Exercise 8.20: fine\n")),
+        ]
+    )
+    grades = {t.task: t for t in grade_executed(nb, parts, "nb").tasks}
+    assert grades["8.2a"] == TaskGrade(
+        "8.2a", FAILED, "its check did not run: Exercise 8.2b: b is not written yet"
+    )
+    assert grades["8.2b"].status == NOT_STARTED
+    assert grades["8.20"].status == PASSED
+    nb.cells[2].outputs = [stdout("✅ Exercise 8.2: both right\n")]
+    nb.cells[1].outputs = []
+    assert {t.status for t in grade_executed(nb, parts, "nb").tasks} == {PASSED}
 
 
 def test_table_and_total() -> None:
