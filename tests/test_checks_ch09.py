@@ -8,10 +8,18 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from checks_support import fails, passes
+from flask import Flask, jsonify, request
 from PIL import Image
 from torch import nn
+from werkzeug.exceptions import HTTPException
 
-from course_utils.checks.ch09 import check_preprocess_fn, check_response_fn
+from course_utils import serve
+from course_utils.checks.ch09 import (
+    check_batch_response_fn,
+    check_flask_app,
+    check_preprocess_fn,
+)
 from course_utils.data import CLASSES, MEAN, STD
 from course_utils.serve import crop_to_content, fit_to_square, normalise, stretch_contrast
 
@@ -109,25 +117,52 @@ def test_preprocess_silent_value_error_fails() -> None:
         check_preprocess_fn(no_message)
 
 
-# --- 9.2: make_response ---------------------------------------------------------------------------
+def preprocess_with_package(data: bytes) -> torch.Tensor:
+    return serve.preprocess_image(data)
 
 
-def make_response_fn(**mistakes: bool):
-    def make_response(model: nn.Module, x: torch.Tensor, top_k: int = 3) -> dict:
-        if not mistakes.get("train_mode"):
-            model.eval()
-        with torch.inference_mode(not mistakes.get("with_grad")):
-            logits = model(x)
-        if mistakes.get("logits"):
-            probs = logits[0]
-        else:
-            probs = torch.softmax(logits, dim=0 if mistakes.get("dim0") else 1)[0]
-        k = 3 if mistakes.get("fixed_k") else top_k
-        values, indices = probs.topk(k, largest=True, sorted=True)
+def preprocess_with_package_parts(data: bytes) -> torch.Tensor:
+    grey = to_grey(decode_image(data))  # names imported from course_utils.serve
+    if serve.needs_inversion(grey):
+        grey = 255 - grey
+    if grey.shape != (28, 28):
+        grey = stretch_contrast(fit_to_square(crop_to_content(grey)))
+    return normalise(grey)
+
+
+decode_image, to_grey = serve.decode_image, serve.to_grey  # `from course_utils.serve import …`
+
+
+@pytest.mark.parametrize(
+    ("shortcut", "label"),
+    [
+        (preprocess_with_package, "course_utils.serve.preprocess_image"),
+        (preprocess_with_package_parts, ".decode_image"),
+    ],
+    ids=["package_preprocess_image", "package_decode_and_grey_imported_by_name"],
+)
+def test_preprocess_shortcut_is_refused(
+    shortcut: Any, label: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    originals = {n: getattr(serve, n) for n in ("preprocess_image", "decode_image", "to_grey")}
+    fails(check_preprocess_fn, shortcut, label, "9.1", capsys)
+    for name, original in originals.items():
+        assert getattr(serve, name) is original, f"serve.{name} was not restored"
+    assert globals()["decode_image"] is originals["decode_image"], "the alias was not restored"
+
+
+# --- 9.2: make_batch_response ---------------------------------------------------------------------
+
+
+def make_batch_response_fn(**mistakes: bool):
+    """The right ``make_batch_response``, or one with a single typical mistake switched on."""
+
+    def body(probs: torch.Tensor, k: int) -> dict:
+        values, indices = probs.topk(k)
         if mistakes.get("ascending"):
             values, indices = values.flip(0), indices.flip(0)
-        best = int(probs.argmax())
         to_num = (lambda v: v) if mistakes.get("tensors") else (lambda v: float(v.detach()))
+        best = int(probs.argmax())
         return {
             "label": CLASSES[best],
             "class_index": best,
@@ -137,12 +172,27 @@ def make_response_fn(**mistakes: bool):
             ],
         }
 
-    return make_response
+    def make_batch_response(model: nn.Module, x: torch.Tensor, top_k: int = 3) -> dict:
+        if not mistakes.get("train_mode"):
+            model.eval()
+        with torch.inference_mode(not mistakes.get("with_grad")):
+            if mistakes.get("one_image_at_a_time"):
+                logits = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+            else:
+                logits = model(x)
+        if mistakes.get("logits"):
+            probs = logits
+        else:
+            probs = torch.softmax(logits, dim=0 if mistakes.get("dim0") else 1)
+        rows = probs[:1] if mistakes.get("first_only") else probs
+        k = 3 if mistakes.get("fixed_k") else top_k
+        return {"predictions": [body(row, k) for row in rows]}
+
+    return make_batch_response
 
 
-def test_response_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
-    check_response_fn(make_response_fn())
-    assert capsys.readouterr().out.startswith("✅ Exercise 9.2:")
+def test_batch_response_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    passes(check_batch_response_fn, make_batch_response_fn(), "9.2", capsys)
 
 
 @pytest.mark.parametrize(
@@ -150,32 +200,178 @@ def test_response_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> Non
     [
         ("train_mode", "model.eval()"),
         ("with_grad", "inference_mode"),
+        ("one_image_at_a_time", "one forward pass"),
         ("tensors", "float(p)"),
-        ("logits", "softmax"),
+        ("logits", "softmax over dim 1"),
+        ("dim0", "dim 0 is the batch"),
         ("ascending", "largest first"),
         ("fixed_k", "top_k"),
-        ("dim0", "dim 1"),
+        ("first_only", "one dict per image"),
+    ],
+    ids=[
+        "training_mode",
+        "gradients_recorded",
+        "one_forward_per_image",
+        "torch_numbers_in_json",
+        "logits_not_probabilities",
+        "softmax_over_the_batch",
+        "ascending_order",
+        "top_k_ignored",
+        "first_image_only",
     ],
 )
-def test_response_wrong_answer_fails(
+def test_batch_response_wrong_answer_fails(
     mistake: str, hint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(AssertionError) as err:
-        check_response_fn(make_response_fn(**{mistake: True}))
-    assert hint in str(err.value)
-    assert capsys.readouterr().out.startswith("❌ Exercise 9.2:")
+    fails(check_batch_response_fn, make_batch_response_fn(**{mistake: True}), hint, "9.2", capsys)
 
 
-def test_response_numpy_numbers_fail() -> None:
-    right = make_response_fn()
+def batch_response_with_package(model: nn.Module, x: torch.Tensor, top_k: int = 3) -> dict:
+    model.eval()
+    return {"predictions": [serve.predict_response(model, x, top_k)]}
+
+
+def test_batch_response_shortcut_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    original = serve.predict_response
+    fails(
+        check_batch_response_fn,
+        batch_response_with_package,
+        "course_utils.serve.predict_response",
+        "9.2",
+        capsys,
+    )
+    assert serve.predict_response is original
+
+
+def test_batch_response_numpy_numbers_fail(capsys: pytest.CaptureFixture[str]) -> None:
+    right = make_batch_response_fn()
 
     def numpy_numbers(model: nn.Module, x: torch.Tensor, top_k: int = 3) -> dict:
-        body = right(model, x, top_k)
-        body["class_index"] = np.int64(body["class_index"])
-        return body
+        result = right(model, x, top_k)
+        result["predictions"][0]["class_index"] = np.int64(result["predictions"][0]["class_index"])
+        return result
 
-    with pytest.raises(AssertionError, match="JSON-serialisable"):
-        check_response_fn(numpy_numbers)
+    fails(check_batch_response_fn, numpy_numbers, "JSON-serialisable", "9.2", capsys)
+
+
+# --- 9.3: make_app --------------------------------------------------------------------------------
+
+MODULE_APP = Flask("module_level")
+
+
+def make_app_fn(**mistakes: bool):
+    """The right ``make_app``, or one with a single typical mistake switched on."""
+    preprocess = make_preprocess()
+    respond = make_batch_response_fn(train_mode=mistakes.get("train_mode", False))
+
+    def make_app(model: nn.Module, max_bytes: int = 8 * 2**20) -> Flask:
+        if not mistakes.get("train_mode"):
+            model.eval()
+        app = MODULE_APP if mistakes.get("module_level_app") else Flask(__name__)
+        if not mistakes.get("no_limit"):
+            app.config["MAX_CONTENT_LENGTH"] = max_bytes
+
+        def error(status: int, name: str, message: str):
+            return jsonify(error=name, message=message), status
+
+        @app.post("/predict")
+        def predict():
+            raw_k = request.args.get("top_k", "3")
+            if mistakes.get("no_top_k_check"):
+                k = int(raw_k)
+            elif not raw_k.isdigit() or not 1 <= int(raw_k) <= len(CLASSES):
+                return error(400, "bad parameter", f"top_k must be 1 to 10, got {raw_k!r}")
+            else:
+                k = int(raw_k)
+            upload = request.files.get("file")
+            if not mistakes.get("no_file_check") and upload is None:
+                return error(400, "no file", "send a field named 'file'")
+            if mistakes.get("uncaught_image_error"):
+                x = preprocess(upload.read())
+            else:
+                try:
+                    x = preprocess(upload.read())
+                except ValueError as err:
+                    return error(400, "invalid image", str(err))
+            if mistakes.get("logits"):
+                with torch.inference_mode():
+                    logits = model(x)[0]
+                values, indices = logits.topk(k)
+                return jsonify(
+                    label=CLASSES[int(indices[0])],
+                    class_index=int(indices[0]),
+                    probabilities=[
+                        {"label": CLASSES[int(i)], "class_index": int(i), "probability": float(v)}
+                        for v, i in zip(values, indices, strict=True)
+                    ],
+                )
+            if mistakes.get("with_grad"):
+                with torch.enable_grad():
+                    model(x)
+            return jsonify(respond(model, x, k)["predictions"][0])
+
+        if not mistakes.get("no_http_handler"):
+
+            @app.errorhandler(HTTPException)
+            def http_error(err: HTTPException):
+                return error(err.code or 500, err.name.lower(), err.description or err.name)
+
+        return app
+
+    return make_app
+
+
+def test_flask_app_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    passes(check_flask_app, make_app_fn(), "9.3", capsys)
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("train_mode", "model.eval()"),
+        ("with_grad", "inference_mode"),
+        ("no_limit", "MAX_CONTENT_LENGTH"),
+        ("no_top_k_check", "validate top_k"),
+        ("no_file_check", "request.files.get('file') is None"),
+        ("uncaught_image_error", "catch the preprocessing error"),
+        ("logits", "softmax over dim 1"),
+        ("no_http_handler", "jsonify(error="),
+        ("module_level_app", "inside make_app"),
+    ],
+    ids=[
+        "training_mode",
+        "gradients_recorded",
+        "no_upload_size_limit",
+        "top_k_not_validated_500",
+        "missing_file_field_500",
+        "bad_image_becomes_500",
+        "logits_not_probabilities",
+        "html_error_pages",
+        "module_level_app_not_a_factory",
+    ],
+)
+def test_flask_app_wrong_answer_fails(
+    mistake: str, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fails(check_flask_app, make_app_fn(**{mistake: True}), hint, "9.3", capsys)
+
+
+def app_with_package(model: nn.Module, max_bytes: int = 8 * 2**20) -> Flask:
+    return serve.create_app("model.pt", max_bytes=max_bytes)
+
+
+def test_flask_app_shortcut_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    original = serve.create_app
+    fails(check_flask_app, app_with_package, "course_utils.serve.create_app", "9.3", capsys)
+    assert serve.create_app is original
+
+
+def test_flask_app_unfinished_blank_is_passed_through() -> None:
+    def blank(model: nn.Module, max_bytes: int = 8 * 2**20) -> Flask:
+        raise NotImplementedError("Exercise 9.3")
+
+    with pytest.raises(NotImplementedError):
+        check_flask_app(blank)
 
 
 def test_constants_used_by_the_checks_are_the_data_set_s() -> None:

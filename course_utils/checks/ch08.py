@@ -1,26 +1,66 @@
-"""Checks of the chapter 8 exercises: tracing, a dynamic-batch export, exported control flow."""
+"""Checks of the chapter 8 exercises: a traced file, an export with its parity test, and exported
+control flow."""
 
 from __future__ import annotations
 
+import copy
+import math
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import export as course_export
 from ._common import (
+    ShortcutRefused,
+    aliases,
+    call,
     failure,
     fixed_batch,
     passed,
+    refuse,
     seeded_cnn,
 )
 
 __all__ = [
     "check_cond_export",
-    "check_dynamic_export",
+    "check_export_and_parity",
     "check_traced_file",
 ]
+
+_NORMALISED = (0.2860, 0.3530)  # Fashion-MNIST's mean and std: the checks' inputs look real
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    mean, std = _NORMALISED
+    return (fixed_batch(n, seed) - mean) / std
+
+
+def _training_mode_hint(run: Callable[[torch.Tensor], torch.Tensor], what: str) -> str | None:
+    """Why ``run`` looks like a copy made in training mode, or ``None``.
+
+    Dropout recorded in training mode gives a new answer at every call; BatchNorm in training mode
+    normalises with the batch's own statistics, so an image's logits depend on the other images
+    in its batch. In eval mode neither happens.
+    """
+    x = _images(9, 87)
+    with torch.no_grad():
+        first, again, alone = run(x), run(x), run(x[:4])
+    if not torch.allclose(first, again, atol=1e-6):
+        return (
+            f"the {what} gives different outputs for the same batch: dropout was recorded in "
+            "training mode. Call model.eval() first."
+        )
+    if not torch.allclose(first[:4], alone, atol=1e-4):
+        return (
+            f"the {what}'s outputs for an image depend on the other images in its batch: "
+            "BatchNorm was recorded in training mode (batch statistics). Call model.eval() first."
+        )
+    return None
 
 
 # --- 8.1 ---------------------------------------------------------------------------------------
@@ -30,13 +70,13 @@ def check_traced_file(path: Any, model: nn.Module, tol: float = 1e-5) -> None:
     """Exercise 8.1: ``path`` is a TorchScript file whose outputs match ``model`` (≤ ``tol``).
 
     The file is loaded with ``torch.jit.load`` (no model class needed) and run on fixed batches
-    of 4 and 9 images; ``model`` runs in eval mode on the same batches.
+    of 4 and 9 images; ``model`` runs in eval mode on the same batches. A file traced in training
+    mode is recognised (dropout: outputs change from call to call; BatchNorm: an image's outputs
+    depend on its batch) and named in the hint.
 
     Raises:
         AssertionError: no file, not a TorchScript file, or outputs that differ, with a hint.
     """
-    from pathlib import Path
-
     ex = "8.1"
     if path is None:
         raise failure(ex, "path is None", "save the traced model (traced.save(path)) and set path.")
@@ -65,7 +105,7 @@ def check_traced_file(path: Any, model: nn.Module, tol: float = 1e-5) -> None:
     try:
         with torch.no_grad():
             for n, seed in ((4, 81), (9, 82)):
-                x = (fixed_batch(n, seed) - 0.2860) / 0.3530
+                x = _images(n, seed)
                 expected = model(x.to(device)).cpu()
                 try:
                     got = loaded(x)
@@ -86,76 +126,280 @@ def check_traced_file(path: Any, model: nn.Module, tol: float = 1e-5) -> None:
                     )
                 diff = float((got - expected).abs().max())
                 if diff > tol:
-                    again = float((loaded(x) - got).abs().max())
-                    hint = (
-                        "the file's outputs change from call to call: it was traced in training "
-                        "mode, with dropout recorded. Call model.eval() before torch.jit.trace."
-                        if again > 0
-                        else "trace the model you were given (its trained weights) in eval mode, "
+                    hint = _training_mode_hint(loaded, "traced file") or (
+                        "trace the model you were given (its trained weights) in eval mode, "
                         "not a new or retrained one."
                     )
                     raise failure(
-                        ex, f"outputs differ from the model's by {diff:.2e} (> {tol:g})", hint
+                        ex,
+                        f"on a batch of {n} test-like images the file's outputs differ from the "
+                        f"model's (eval mode) by {diff:.2e} (> {tol:g})",
+                        hint,
                     )
     finally:
         model.train(was_training)
     passed(
         ex,
         f"{path.name} loads with torch.jit.load, no model class needed, and matches the model "
-        f"within {tol:g} on batches of 4 and 9",
+        f"(with its dropout and BatchNorm in eval mode) within {tol:g} on batches of 4 and 9",
     )
 
 
 # --- 8.2 ---------------------------------------------------------------------------------------
 
 
-def check_dynamic_export(program: Any, model: nn.Module, tol: float = 1e-5) -> None:
-    """Exercise 8.2: ``program`` is ``torch.export.export(model, ...)`` with a dynamic batch.
+class _Planted(nn.Module):
+    """A copy of ``reference`` with one planted fault, recording the batch sizes it was given."""
 
-    It must be an ``ExportedProgram`` that accepts batches of 1, 3 and 64 images and matches
-    ``model`` (eval mode) to ``tol``.
+    def __init__(self, reference: nn.Module, fault: str) -> None:
+        super().__init__()
+        self.reference, self.fault = copy.deepcopy(reference).eval(), fault
+        self.seen: list[int] = []
 
-    Raises:
-        AssertionError: with a hint (a fixed batch size shows up as an error at another size).
-    """
-    ex = "8.2"
-    if not isinstance(program, torch.export.ExportedProgram):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        self.seen.append(n)
+        if self.fault == "fixed batch" and n != 8:
+            raise AssertionError("Guard failed: x.size()[0] == 8")  # what torch.export raises
+        out = self.reference(x).clone()
+        if self.fault == "too high, last row" and n > 1:
+            out[-1, 3] += 0.01
+        elif self.fault == "too low, last row" and n > 1:
+            out[-1, 7] -= 0.01
+        elif self.fault == "too low, batch of 1" and n == 1:
+            out[0, 2] -= 0.01
+        return out
+
+
+_PARITY_CASES = {  # planted fault: what the parity function was given
+    "too high, last row": "a program with one logit 0.01 too high in the last row of a batch",
+    "too low, last row": "a program with one logit 0.01 too low in the last row of a batch",
+    "too low, batch of 1": "a program with one logit 0.01 too low on a batch of one image",
+}
+
+
+def _parity_hint(found: dict[str, float]) -> str:
+    """The likely mistake of a parity function, from what it reported for the planted faults."""
+    caught = {fault: value >= 0.0099 for fault, value in found.items()}
+    if any(0 < value < 0.0099 for value in found.values()):
+        return (
+            "report the largest absolute difference, .abs().max(), not a mean: a mean dilutes "
+            "one wrong logit among all the others."
+        )
+    if caught["too high, last row"] != caught["too low, last row"]:
+        return (
+            "take the absolute value before the max: (reference(x) - candidate(x)).abs().max(); "
+            "the max of a signed difference misses a candidate that is off the other way."
+        )
+    if not caught["too high, last row"]:
+        return (
+            "compare every row of every batch: a program can be right on the first image, or "
+            "at one batch size, and wrong elsewhere."
+        )
+    return "try every size in batch_sizes, including 1, and keep the worst difference."
+
+
+def _check_parity(parity: Callable[..., Any], reference: nn.Module, ex: str) -> None:
+    sizes = (1, 3, 17)
+    honest = _Planted(reference, "none")
+    result = call(
+        ex,
+        "parity(reference, exact_copy, (1, 3, 17))",
+        parity,
+        reference,
+        honest,
+        sizes,
+        hint="parity(reference, candidate, batch_sizes) runs both on the same random batch of "
+        "each size and returns the largest absolute difference as a float.",
+    )
+    if isinstance(result, bool) or not isinstance(result, (int, float)):
         raise failure(
             ex,
-            f"program is {type(program).__name__}, not an ExportedProgram",
-            "pass what torch.export.export(...) returns (not its .module()).",
+            f"parity returned {type(result).__name__}, not a float",
+            "return float(difference): a number the caller can compare with a tolerance.",
         )
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    module = program.module()
+    if not math.isfinite(result) or result > 1e-6:
+        raise failure(
+            ex,
+            f"parity reported {result!r} for an exact copy of the reference",
+            "feed the same input to both: make x once per batch size and call reference(x) "
+            "and candidate(x) on it (in eval mode, under torch.inference_mode()).",
+        )
+    missing = sorted(set(sizes) - set(honest.seen))
+    if missing:
+        raise failure(
+            ex,
+            f"parity(..., batch_sizes={sizes}) never ran a batch of {missing[0]} "
+            f"(sizes run: {sorted(set(honest.seen))})",
+            "loop over batch_sizes and make a batch of each size: torch.randn(n, 1, 28, 28).",
+        )
+    found = {}
+    for fault, what in _PARITY_CASES.items():
+        value = call(
+            ex,
+            f"parity on {what}",
+            parity,
+            reference,
+            _Planted(reference, fault),
+            sizes,
+            hint="a wrong program must not crash parity: compute the difference and return it.",
+        )
+        found[fault] = float(value) if isinstance(value, (int, float)) else math.nan
+    missed = [fault for fault, value in found.items() if not value >= 0.0099]
+    if missed:
+        raise failure(
+            ex,
+            f"parity reported {found[missed[0]]!r} for {_PARITY_CASES[missed[0]]} "
+            "(expected at least 0.01)",
+            _parity_hint(found),
+        )
     try:
-        for n in (1, 3, 64):
-            x = (fixed_batch(n, 80 + n) - 0.2860) / 0.3530
+        refused = parity(reference, _Planted(reference, "fixed batch"), sizes)
+    except (NotImplementedError, ShortcutRefused):
+        raise
+    except Exception:
+        refused = math.inf  # raising is a fine way to report it
+    if not (isinstance(refused, (int, float)) and (refused > 1e-3 or math.isnan(refused))):
+        raise failure(
+            ex,
+            f"parity reported {refused!r} for a program that refuses every batch size but 8",
+            "do not swallow the error: a program that cannot run a batch size does not match; "
+            "let the exception propagate (or return float('inf')).",
+        )
+
+
+def _export_error_hint(err: Exception) -> str:
+    """One hint for an error raised inside the learner's ``export_and_check``."""
+    message = str(err)
+    if "Guard failed" in message and ".size()[0]" in message:
+        return (
+            "the program accepts only the example's batch size: declare the batch dimension "
+            "dynamic with dynamic_shapes={'x': {0: torch.export.Dim('batch', min=1, "
+            "max=1024)}}."
+        )
+    if "training" in message:
+        return "the model is still in training mode: call model.eval() before exporting."
+    return (
+        "export with torch.export.export(model, (example,), dynamic_shapes=...), save with "
+        "torch.export.save(program, path), and load with torch.export.load(path)."
+    )
+
+
+def _settled_model(seed: int) -> nn.Module:
+    """A small CNN with dropout and BatchNorm whose running statistics are not the defaults,
+    left in training mode (as training leaves it)."""
+    model = seeded_cnn(seed, width=4, hidden=16, norm="batch", dropout=0.5)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for s in range(5):
+            model(_images(32, 300 + s) * 1.5 + 0.3)
+    return model.train()
+
+
+def check_export_and_parity(
+    export_and_check: Callable[[nn.Module, Path], Any],
+    parity: Callable[..., Any],
+    tol: float = 1e-5,
+) -> None:
+    """Exercise 8.2: a parity test that catches broken programs, and a checked export.
+
+    ``parity(reference, candidate, batch_sizes)`` must return ≈ 0 for an exact copy, run every
+    batch size it is given, and report at least 0.01 for programs with one logit off by 0.01
+    (too high, too low, at batch 1 only, at larger batches only); a program that refuses a batch
+    size must make it raise or return more than 1e-3.
+
+    ``export_and_check(model, path)`` gets a small CNN with dropout and BatchNorm in training
+    mode; the ``.pt2`` file it writes must load with ``torch.export.load``, run batches of 2, 5 and
+    33 (so the batch dimension is dynamic), and match the model in eval mode within ``tol``; the
+    number it returns must be ≤ ``tol``. ``course_utils.export``'s ``export_model``,
+    ``save_exported``, ``load_exported`` and ``max_abs_diff`` are switched off meanwhile.
+
+    Raises:
+        AssertionError: the failing case and a hint.
+    """
+    ex = "8.2"
+    shortcuts = [
+        (course_export, "export_model"),
+        (course_export, "save_exported"),
+        (course_export, "load_exported"),
+        (course_export, "max_abs_diff"),
+    ]
+    shortcuts += aliases([export_and_check, parity], shortcuts)
+    reference = _settled_model(81).eval()
+    with refuse(ex, shortcuts, task="the export and its parity test"):
+        _check_parity(parity, reference, ex)
+    model = _settled_model(82)
+    expected_model = copy.deepcopy(model).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pt2"
+        with refuse(ex, shortcuts, task="the export and its parity test"):
+            try:
+                reported = export_and_check(model, path)
+            except (NotImplementedError, ShortcutRefused):
+                raise
+            except Exception as err:  # torch's guards raise AssertionError
+                first_line = (str(err).strip().splitlines() or [""])[0][:120]
+                raise failure(
+                    ex,
+                    f"export_and_check(model, path) raised {type(err).__name__}: {first_line}",
+                    _export_error_hint(err),
+                ) from err
+        if not path.is_file():
+            raise failure(
+                ex, "export_and_check wrote no file at path", "torch.export.save(program, path)."
+            )
+        try:
+            loaded = torch.export.load(path)
+        except Exception as err:
+            raise failure(
+                ex,
+                f"torch.export.load cannot read the file ({type(err).__name__})",
+                "write it with torch.export.save(program, path), not torch.save.",
+            ) from err
+        program = loaded.module()
+        for n in (2, 5, 33):
+            x = _images(n, 90 + n)
             try:
                 with torch.no_grad():
-                    got = module(x)
+                    got = program(x)
             except Exception as err:
                 raise failure(
                     ex,
-                    f"the program refused a batch of {n} ({type(err).__name__})",
+                    f"the saved program refused a batch of {n} ({type(err).__name__})",
                     "declare the batch dimension dynamic: dynamic_shapes={'x': {0: "
                     "torch.export.Dim('batch', min=1, max=1024)}}; without it the program "
                     "accepts only the example's batch size.",
                 ) from err
             with torch.no_grad():
-                diff = float((got - model(x.to(device)).cpu()).abs().max())
+                diff = float((got - expected_model(x)).abs().max())
             if diff > tol:
+                hint = _training_mode_hint(program, "saved program") or (
+                    "export the model you were given, after model.eval()."
+                )
                 raise failure(
                     ex,
-                    f"outputs differ from the model's by {diff:.2e} on a batch of {n}",
-                    "export the trained model you were given, after model.eval().",
+                    f"on a batch of {n}, the saved program differs from the model in eval mode "
+                    f"by {diff:.2e}",
+                    hint,
                 )
-    finally:
-        model.train(was_training)
+    if isinstance(reported, bool) or not isinstance(reported, (int, float)):
+        raise failure(
+            ex,
+            f"export_and_check returned {type(reported).__name__}, not a float",
+            "return what parity(model, loaded.module(), batch_sizes) returns.",
+        )
+    if not 0 <= reported <= tol:
+        raise failure(
+            ex,
+            f"export_and_check returned {reported!r}, but the file matches the model "
+            f"within {tol:g}",
+            "compare the model in eval mode with the program you loaded back from the file.",
+        )
     passed(
         ex,
-        f"the exported program accepts batches of 1, 3 and 64 and matches the model within {tol:g}",
+        "parity catches programs off by 0.01 in one logit and one that refuses a batch size; "
+        "export_and_check's .pt2 loads with torch.export.load, runs batches of 2, 5 and 33, and "
+        f"matches the model (dropout and BatchNorm in eval mode) within {tol:g}",
     )
 
 
@@ -175,16 +419,13 @@ def check_cond_export(module_cls: Callable[[nn.Module], nn.Module], tol: float =
 
     ex = "8.3"
     classifier = seeded_cnn(8, width=4, hidden=16).eval()
-    try:
-        wrapper = module_cls(classifier).eval()
-    except NotImplementedError:
-        raise
-    except Exception as err:
-        raise failure(
-            ex,
-            f"building the module raised {type(err).__name__}: {err}",
-            "its __init__ takes the classifier (and an optional threshold).",
-        ) from err
+    wrapper = call(
+        ex,
+        "building the module",
+        module_cls,
+        classifier,
+        hint="its __init__ takes the classifier (and an optional threshold).",
+    ).eval()
     reference = InvertIfBright(classifier).eval()
     try:
         program = export_model(wrapper, fixed_batch(4, 83)).module()

@@ -1,33 +1,32 @@
-"""Checks of the chapter 9 exercises: serving: preprocessing an upload and the JSON response."""
+"""Checks of the chapter 9 exercises: preprocessing an upload, the JSON body for a batch, and the
+Flask ``/predict`` route."""
 
 from __future__ import annotations
 
+import io
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import serve
+from ..data import CLASSES, MEAN, STD
 from ..models import FashionCNN
-from ._common import (
-    failure,
-    passed,
-)
+from ._common import ShortcutRefused, aliases, call, failure, passed, refuse
 
 __all__ = [
+    "check_batch_response_fn",
+    "check_flask_app",
     "check_preprocess_fn",
-    "check_response_fn",
 ]
 
 
-# --- Chapter 9 checks ---
-
-
 def _encoded(image: Any, fmt: str = "PNG", **kw: Any) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kw)
     return buffer.getvalue()
@@ -119,83 +118,58 @@ def _preprocess_cases() -> tuple[list[tuple[str, bytes, str]], list[tuple[str, b
     return good, bad
 
 
+# --- 9.1 ---------------------------------------------------------------------------------------
+
+_PREPROCESS_SHORTCUTS = [
+    (serve, "preprocess_image"),
+    (serve, "decode_image"),
+    (serve, "to_grey"),
+    (serve, "needs_inversion"),
+]
+
+
 def check_preprocess_fn(fn: Callable[[bytes], torch.Tensor]) -> None:
     """Exercise 9.1: ``preprocess_upload(data: bytes) -> torch.Tensor`` for the ``/predict`` API.
 
     Six uploads of odd sizes and modes (an exact 28×28 PNG, a dark-on-white JPEG, RGBA with
     transparency, a palette PNG, a 16-bit PNG, a 12×90 image) must give a float tensor
     ``[1, 1, 28, 28]`` within one grey level of :func:`course_utils.serve.preprocess_image`; five
-    bad ones (empty, text, GIF, truncated PNG and JPEG) must raise ``ValueError``.
+    bad ones (empty, text, GIF, truncated PNG and JPEG) must raise ``ValueError``. The package's
+    ``preprocess_image``, ``decode_image``, ``to_grey`` and ``needs_inversion`` are switched off
+    while ``fn`` runs (the framing helpers stay allowed).
 
     Raises:
         AssertionError: with a hint naming the likely mistake.
     """
-    from course_utils.data import MEAN, STD
-    from course_utils.serve import preprocess_image
-
     ex = "9.1"
     good, bad = _preprocess_cases()
-    for name, data, hint in good:
-        try:
-            result = fn(data)
-        except NotImplementedError:
-            raise
-        except Exception as err:
-            raise failure(
-                ex, f"{name}: preprocess_upload raised {type(err).__name__}: {err}", hint
-            ) from err
-        if not isinstance(result, torch.Tensor):
-            raise failure(
-                ex,
-                f"{name}: returned {type(result).__name__}, not a torch.Tensor",
-                "return torch.from_numpy(...) of the normalised pixels (normalise() does it).",
-            )
-        if tuple(result.shape) != (1, 1, 28, 28):
-            raise failure(
-                ex,
-                f"{name}: shape {tuple(result.shape)}, expected (1, 1, 28, 28)",
-                "the model takes a batch: [batch 1, channel 1, 28, 28]; .reshape(1, 1, 28, 28).",
-            )
-        if result.dtype != torch.float32:
-            raise failure(
-                ex, f"{name}: dtype {result.dtype}", "convert to float32 before normalising."
-            )
-        expected = preprocess_image(data)
-        pixels = (result.detach().float() * STD + MEAN) * 255
-        reference = (expected * STD + MEAN) * 255
-        if float((pixels - reference).abs().max()) <= 1.01:
-            continue
-        if float(result.min()) >= 0 and float(result.max()) <= 1.0:
-            hint = (
-                "normalise: (pixels / 255 - MEAN) / STD, with MEAN and STD from course_utils.data."
-            )
-        elif float(torch.corrcoef(torch.stack([pixels.flatten(), reference.flatten()]))[0, 1]) < 0:
-            hint = (
-                "the image came out with the wrong polarity: Fashion-MNIST is light on black, so "
-                "invert (255 - grey) when the border's mean is above 127. " + hint
-            )
-        shown = float((pixels - reference).abs().max())
-        raise failure(
-            ex, f"{name}: differs from the reference by up to {shown:.0f} grey levels", hint
-        )
-    for name, data, hint in bad:
-        try:
-            fn(data)
-        except NotImplementedError:
-            raise
-        except ValueError as err:
-            if not str(err):
+    references = [serve.preprocess_image(data) for _, data, _ in good]
+    shortcuts = _PREPROCESS_SHORTCUTS + aliases([fn], _PREPROCESS_SHORTCUTS)
+    with refuse(ex, shortcuts, task="the upload's decoding, greyscale and polarity"):
+        for (name, data, hint), expected in zip(good, references, strict=True):
+            result = call(ex, f"{name}: preprocess_upload", fn, data, hint=hint)
+            _compare_preprocessed(ex, name, result, expected, hint)
+        for name, data, hint in bad:
+            try:
+                fn(data)
+            except (NotImplementedError, AssertionError):
+                raise
+            except ValueError as err:
+                if not str(err):
+                    raise failure(
+                        ex,
+                        f"{name}: ValueError without a message",
+                        "say what is wrong with the file.",
+                    ) from err
+                continue
+            except Exception as err:
                 raise failure(
-                    ex, f"{name}: ValueError without a message", "say what is wrong with the file."
+                    ex,
+                    f"{name}: raised {type(err).__name__} ({err}), not ValueError",
+                    "the API turns ValueError into a 4xx answer; anything else becomes a 500. "
+                    + hint,
                 ) from err
-            continue
-        except Exception as err:
-            raise failure(
-                ex,
-                f"{name}: raised {type(err).__name__} ({err}), not ValueError",
-                "the API turns ValueError into a 4xx answer; anything else becomes a 500. " + hint,
-            ) from err
-        raise failure(ex, f"{name}: no error was raised", hint)
+            raise failure(ex, f"{name}: no error was raised", hint)
     passed(
         ex,
         f"preprocess_upload matches the API's preprocessing on {len(good)} uploads of odd sizes "
@@ -203,60 +177,151 @@ def check_preprocess_fn(fn: Callable[[bytes], torch.Tensor]) -> None:
     )
 
 
-def check_response_fn(fn: Callable[[nn.Module, torch.Tensor, int], dict[str, Any]]) -> None:
-    """Exercise 9.2: ``make_response(model, x, top_k) -> dict``, the ``/predict`` JSON body.
+def _compare_preprocessed(
+    ex: str, name: str, result: Any, expected: torch.Tensor, hint: str
+) -> None:
+    if not isinstance(result, torch.Tensor):
+        raise failure(
+            ex,
+            f"{name}: returned {type(result).__name__}, not a torch.Tensor",
+            "return torch.from_numpy(...) of the normalised pixels (normalise() does it).",
+        )
+    if tuple(result.shape) != (1, 1, 28, 28):
+        raise failure(
+            ex,
+            f"{name}: shape {tuple(result.shape)}, expected (1, 1, 28, 28)",
+            "the model takes a batch: [batch 1, channel 1, 28, 28]; .reshape(1, 1, 28, 28).",
+        )
+    if result.dtype != torch.float32:
+        raise failure(ex, f"{name}: dtype {result.dtype}", "convert to float32 before normalising.")
+    pixels = (result.detach().float() * STD + MEAN) * 255
+    reference = (expected * STD + MEAN) * 255
+    shown = float((pixels - reference).abs().max())
+    if shown <= 1.01:
+        return
+    if float(result.min()) >= 0 and float(result.max()) <= 1.0:
+        hint = "normalise: (pixels / 255 - MEAN) / STD, with MEAN and STD from course_utils.data."
+    elif float(torch.corrcoef(torch.stack([pixels.flatten(), reference.flatten()]))[0, 1]) < 0:
+        hint = (
+            "the image came out with the wrong polarity: Fashion-MNIST is light on black, so "
+            "invert (255 - grey) when the border's mean is above 127. " + hint
+        )
+    raise failure(ex, f"{name}: differs from the reference by up to {shown:.0f} grey levels", hint)
 
-    On a small CNN with dropout (so training mode changes its output) and three inputs, the
-    result must survive ``json.dumps``, have ``label``, ``class_index`` and ``probabilities`` (the
-    ``top_k`` largest softmax probabilities, largest first, as ``{"label", "class_index",
-    "probability"}``), match :func:`course_utils.serve.predict_response`, and the forward pass must
-    run in eval mode without gradients.
+
+# --- 9.2 ---------------------------------------------------------------------------------------
+
+_RESPONSE_SHORTCUTS = [(serve, "predict_response"), (serve, "create_app")]
+
+
+def _recording_model(seed: int) -> tuple[nn.Module, list[tuple[bool, bool, int]]]:
+    """A small CNN with dropout, and the (training, grad enabled, batch size) of each call."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = FashionCNN(width=8, hidden=32, dropout=0.5)
+    calls: list[tuple[bool, bool, int]] = []
+    model.register_forward_pre_hook(
+        lambda m, args: calls.append((m.training, torch.is_grad_enabled(), args[0].shape[0]))
+    )
+    return model, calls
+
+
+def _body_problem(body: Any, expected: dict[str, Any], k: int, tol: float) -> str | None:
+    """What is wrong with one prediction ``body`` compared with ``expected``, or ``None``."""
+    if not isinstance(body, dict) or set(body) != {"label", "class_index", "probabilities"}:
+        keys = sorted(body) if isinstance(body, dict) else type(body).__name__
+        return f"keys {keys}, expected ['class_index', 'label', 'probabilities']"
+    probs = body["probabilities"]
+    if not isinstance(probs, list) or len(probs) != k:
+        count = len(probs) if isinstance(probs, list) else type(probs).__name__
+        return f"top_k={k} but 'probabilities' has {count} entries"
+    if any(
+        not isinstance(p, dict) or set(p) != {"label", "class_index", "probability"} for p in probs
+    ):
+        return "each entry of 'probabilities' must be {'label', 'class_index', 'probability'}"
+    values = [p["probability"] for p in probs]
+    if any(not isinstance(v, (int, float)) or v < 0 or v > 1 for v in values):
+        return f"'probabilities' holds {values[:3]}…, not values in [0, 1]"
+    if values != sorted(values, reverse=True):
+        return "'probabilities' is not sorted, largest first"
+    wanted = {q["class_index"]: q["probability"] for q in expected["probabilities"]}
+    same = body["class_index"] == expected["class_index"] and all(
+        p["class_index"] in wanted
+        and math.isclose(p["probability"], wanted[p["class_index"]], abs_tol=tol)
+        and p["label"] == CLASSES[p["class_index"]]
+        for p in probs
+    )
+    if not same or body["label"] != expected["label"]:
+        return (
+            f"got {body['label']!r} {[round(v, 4) for v in values[:2]]}…, expected "
+            f"{expected['label']!r} "
+            f"{[round(q['probability'], 4) for q in expected['probabilities'][:2]]}…"
+        )
+    return None
+
+
+def check_batch_response_fn(
+    fn: Callable[[nn.Module, torch.Tensor, int], dict[str, Any]],
+) -> None:
+    """Exercise 9.2: ``make_batch_response(model, x, top_k)``, the JSON body for a batch.
+
+    ``x`` holds ``n`` images ``[n, 1, 28, 28]``; the answer is ``{"predictions": [body, …]}``,
+    one body per image in order, each what :func:`course_utils.serve.predict_response` gives for
+    that image alone. The model (with dropout, handed over in training mode) must run once for
+    the whole batch, in eval mode, without gradients, and the result must survive
+    ``json.dumps``. ``predict_response`` and ``create_app`` are switched off while ``fn`` runs.
 
     Raises:
         AssertionError: with a hint naming the likely mistake.
     """
-    import json
-
-    from course_utils.serve import predict_response
-
     ex = "9.2"
+    model, calls = _recording_model(0)
     with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = FashionCNN(width=8, hidden=32, dropout=0.5)
-        inputs = [torch.randn(1, 1, 28, 28) * 2 for _ in range(3)]
-    calls: list[tuple[bool, bool]] = []
-    hook = model.register_forward_pre_hook(
-        lambda m, args: calls.append((m.training, torch.is_grad_enabled()))
-    )
-    try:
-        for i, (x, k) in enumerate(zip(inputs, (3, 1, 10), strict=True)):
-            model.eval()
-            expected = predict_response(model, x, k)
+        torch.manual_seed(1)
+        batches = [torch.randn(n, 1, 28, 28) * 2 for n in (4, 1, 5)]
+    cases = list(zip(batches, (3, 1, 10), strict=True))
+    model.eval()
+    expected = [
+        [serve.predict_response(model, x[i : i + 1], k) for i in range(len(x))] for x, k in cases
+    ]
+    with torch.inference_mode():
+        by_batch = [torch.softmax(model(x), dim=0) for x, _ in cases]  # the dim-0 mistake
+    shortcuts = _RESPONSE_SHORTCUTS + aliases([fn], _RESPONSE_SHORTCUTS)
+    with refuse(ex, shortcuts, task="the response"):
+        for (x, k), wanted, wrong_dim in zip(cases, expected, by_batch, strict=True):
+            n = len(x)
             model.train()
             calls.clear()
-            try:
-                result = fn(model, x, k)
-            except NotImplementedError:
-                raise
-            except Exception as err:
-                raise failure(
-                    ex,
-                    f"make_response raised {type(err).__name__}: {err}",
-                    "softmax the logits over dim 1, then .topk(top_k) gives values and indices.",
-                ) from err
+            result = call(
+                ex,
+                f"make_batch_response(model, x of {n} images, top_k={k})",
+                fn,
+                model,
+                x,
+                k,
+                hint="one forward pass, softmax over dim 1, then .topk(top_k) row by row.",
+            )
             if not calls:
-                raise failure(ex, "the model was never called", "run model(x).")
-            if any(training for training, _ in calls):
+                raise failure(ex, "the model was never called", "run model(x) once.")
+            if any(training for training, _, _ in calls):
                 raise failure(
                     ex,
                     "the model ran in training mode",
                     "call model.eval() first: dropout makes training-mode predictions random.",
                 )
-            if any(grad for _, grad in calls):
+            if any(grad for _, grad, _ in calls):
                 raise failure(
                     ex,
                     "the forward pass recorded gradients",
                     "wrap it in `with torch.inference_mode():`.",
+                )
+            if len(calls) != 1:
+                raise failure(
+                    ex,
+                    f"the model ran {len(calls)} times for a batch of {n} "
+                    f"(batch sizes {[size for *_, size in calls]})",
+                    "run the whole batch in one forward pass, model(x), and split the rows "
+                    "afterwards: that is what makes a batch endpoint cheaper than n requests.",
                 )
             try:
                 json.dumps(result)
@@ -266,59 +331,308 @@ def check_response_fn(fn: Callable[[nn.Module, torch.Tensor, int], dict[str, Any
                     f"the response is not JSON-serialisable ({err})",
                     "jsonify cannot encode torch or NumPy numbers: use float(p) and int(i).",
                 ) from err
-            if not isinstance(result, dict) or list(result) != list(expected):
+            if not isinstance(result, dict) or list(result) != ["predictions"]:
                 keys = list(result) if isinstance(result, dict) else type(result).__name__
                 raise failure(
-                    ex,
-                    f"keys {keys}, expected {list(expected)}",
-                    "return a dict with 'label', 'class_index' and 'probabilities', in that order.",
+                    ex, f"keys {keys}, expected ['predictions']", "return {'predictions': [...]}."
                 )
-            probs = result["probabilities"]
-            if not isinstance(probs, list) or len(probs) != k:
+            bodies = result["predictions"]
+            if not isinstance(bodies, list) or len(bodies) != n:
+                count = len(bodies) if isinstance(bodies, list) else type(bodies).__name__
                 raise failure(
                     ex,
-                    f"top_k={k} but 'probabilities' has "
-                    f"{len(probs) if isinstance(probs, list) else type(probs).__name__} entries",
-                    "give exactly top_k entries, a list of dicts.",
+                    f"a batch of {n} images gave {count} predictions",
+                    "one dict per image, in the order of the batch's rows.",
                 )
-            if any(
-                not isinstance(p, dict) or set(p) != {"label", "class_index", "probability"}
-                for p in probs
-            ):
-                raise failure(
-                    ex,
-                    "each entry of 'probabilities' must be {'label', 'class_index', 'probability'}",
-                    "build one small dict per class.",
-                )
-            values = [p["probability"] for p in probs]
-            if any(v < 0 or v > 1 for v in values):
-                raise failure(
-                    ex,
-                    f"'probabilities' holds {values[:3]}…, not values in [0, 1]",
-                    "these look like logits: apply torch.softmax(logits, dim=1) first.",
-                )
-            if values != sorted(values, reverse=True):
-                raise failure(
-                    ex, "'probabilities' is not sorted, largest first", "topk sorts for you."
-                )
-            same = result["class_index"] == expected["class_index"] and all(
-                p["class_index"] == q["class_index"]
-                and math.isclose(p["probability"], q["probability"], abs_tol=1e-5)
-                for p, q in zip(probs, expected["probabilities"], strict=True)
-            )
-            if not same or result["label"] != expected["label"]:
-                raise failure(
-                    ex,
-                    f"input {i + 1}: got {result['label']!r} {values[:2]}…, expected "
-                    f"{expected['label']!r} "
-                    f"{[round(q['probability'], 4) for q in expected['probabilities'][:2]]}…",
-                    "softmax over dim 1 (the classes), take the top k, and name each class with "
-                    "CLASSES[index].",
-                )
-    finally:
-        hook.remove()
+            for i, (body, reference) in enumerate(zip(bodies, wanted, strict=True)):
+                problem = _body_problem(body, reference, k, tol=1e-5)
+                if problem is None:
+                    continue
+                values = [p.get("probability") for p in body.get("probabilities", [])]
+                top = wrong_dim[i].sort(descending=True).values[: len(values)].tolist()
+                if values and all(
+                    isinstance(v, float) and math.isclose(v, t, abs_tol=1e-5)
+                    for v, t in zip(values, top, strict=False)
+                ):
+                    hint = (
+                        "softmax over dim 1, the classes: dim 0 is the batch, so each "
+                        "'probability' was shared out among the images instead of the classes."
+                    )
+                else:
+                    hint = (
+                        "softmax over dim 1 (the classes), take the top k of row i for image i, "
+                        "and name each class with CLASSES[index]."
+                    )
+                raise failure(ex, f"batch of {n}, top_k={k}, image {i + 1}: {problem}", hint)
     passed(
         ex,
-        "make_response runs the model in eval mode under inference_mode and returns a "
-        "JSON-serialisable body matching the API's on 3 inputs (top_k = 3, 1, 10)",
+        "make_batch_response runs the model once per batch, in eval mode under inference_mode, "
+        "and returns JSON-serialisable predictions matching the API's for batches of 4, 1 and 5 "
+        "(top_k = 3, 1, 10)",
     )
+
+
+# --- 9.3 ---------------------------------------------------------------------------------------
+
+_MAX_BYTES = 50_000
+_TOP_K_HINT = (
+    "validate top_k before using it: raw = request.args.get('top_k', '3'); if not "
+    "(raw.isdigit() and 1 <= int(raw) <= 10), answer 400 with a JSON error."
+)
+_IMAGE_HINT = (
+    "catch the preprocessing error (ValueError; the package's PreprocessError is one and "
+    "carries .status) and answer with its 4xx status and a JSON error."
+)
+
+
+def _bad_requests(
+    png: bytes, csv: bytes, truncated: bytes
+) -> list[tuple[str, str, str, dict[str, bytes] | None, set[int], str]]:
+    """``(name, method, url, form, allowed statuses, hint)`` for requests the API must refuse."""
+    return [
+        (
+            "an upload in a field named 'image', not 'file'",
+            "POST",
+            "/predict",
+            {"image": png},
+            {400},
+            "request.files.get('file') is None when the field is missing: answer 400 with a "
+            "JSON error that says which field to send.",
+        ),
+        ("a CSV file, not an image", "POST", "/predict", {"file": csv}, {400, 415}, _IMAGE_HINT),
+        ("a truncated PNG", "POST", "/predict", {"file": truncated}, {400}, _IMAGE_HINT),
+        (
+            f"a {_MAX_BYTES + 10_000:,}-byte upload with max_bytes={_MAX_BYTES:,}",
+            "POST",
+            "/predict",
+            {"file": bytes(_MAX_BYTES + 10_000)},
+            {413},
+            "set app.config['MAX_CONTENT_LENGTH'] = max_bytes, and answer Flask's 413 with "
+            "JSON: @app.errorhandler(413).",
+        ),
+        ("?top_k=0", "POST", "/predict?top_k=0", {"file": png}, {400}, _TOP_K_HINT),
+        ("?top_k=11", "POST", "/predict?top_k=11", {"file": png}, {400}, _TOP_K_HINT),
+        ("?top_k=abc", "POST", "/predict?top_k=abc", {"file": png}, {400}, _TOP_K_HINT),
+        ("?top_k=-2", "POST", "/predict?top_k=-2", {"file": png}, {400}, _TOP_K_HINT),
+        (
+            "GET /predict (wrong method)",
+            "GET",
+            "/predict",
+            None,
+            {405},
+            "answer Flask's own errors (404, 405, …) with JSON too: "
+            "@app.errorhandler(HTTPException) returning {'error', 'message'} and err.code.",
+        ),
+    ]
+
+
+def _send(app: Any, method: str, url: str, form: dict[str, bytes] | None) -> Any:
+    data = None if form is None else {k: (io.BytesIO(v), "upload") for k, v in form.items()}
+    return app.test_client().open(url, method=method, data=data)
+
+
+def check_flask_app(make_app: Callable[..., Any]) -> None:
+    """Exercise 9.3: ``make_app(model, max_bytes=...)`` builds a Flask app with ``POST /predict``.
+
+    Checked through ``app.test_client()``: a 28×28 PNG (default ``top_k`` 3, and ``?top_k=5``) must
+    give exactly the API's probabilities, a 97×61 JPEG with ``?top_k=10`` the same within 0.02
+    (own preprocessing may differ by a grey level); a missing ``file`` field, a CSV, a truncated
+    PNG, a body over ``max_bytes``, four bad ``top_k`` values and ``GET /predict`` must each get a
+    4xx JSON ``{"error", …}`` (400, 400/415, 400, 413, 400, 405), never a 5xx. The model (dropout,
+    handed over in training mode) must run in eval mode without gradients, and a second
+    ``make_app`` must give a second working app (a factory). ``create_app`` and
+    ``predict_response`` are switched off meanwhile.
+
+    Raises:
+        AssertionError: the failing request, the answer it got, and a hint.
+    """
+    from flask import Flask
+
+    ex = "9.3"
+    good, bad = _preprocess_cases()
+    png, jpeg, csv, truncated = good[0][1], good[1][1], bad[1][1], bad[3][1]
+    model, calls = _recording_model(3)
+    model.eval()
+    with torch.inference_mode():
+        references = {
+            image: torch.softmax(model(serve.preprocess_image(image)), dim=1)[0]
+            for image in (png, jpeg)
+        }
+    model.train()
+    shortcuts = _RESPONSE_SHORTCUTS + aliases([make_app], _RESPONSE_SHORTCUTS)
+    with refuse(ex, shortcuts, task="the /predict route"):
+        app = call(
+            ex,
+            f"make_app(model, max_bytes={_MAX_BYTES})",
+            make_app,
+            model,
+            max_bytes=_MAX_BYTES,
+            hint="make_app(model, max_bytes=...) builds app = Flask(__name__), registers the "
+            "route and the error handlers, and returns app.",
+        )
+        if not isinstance(app, Flask):
+            raise failure(
+                ex, f"make_app returned {type(app).__name__}, not a Flask app", "return app."
+            )
+        requests = [
+            ("a 28×28 PNG", "/predict", png, 3, 1e-5),
+            ("a 28×28 PNG with ?top_k=5", "/predict?top_k=5", png, 5, 1e-5),
+            ("a 97×61 RGB JPEG with ?top_k=10", "/predict?top_k=10", jpeg, 10, 0.02),
+        ]
+        with _quiet(app):
+            for name, url, image, k, tol in requests:
+                calls.clear()
+                response = _answer(ex, app, name, "POST", url, {"file": image})
+                _check_good(ex, name, response, references[image], k, tol, calls)
+            for name, method, url, form, allowed, hint in _bad_requests(png, csv, truncated):
+                response = _answer(ex, app, name, method, url, form)
+                _check_bad(ex, name, response, allowed, hint)
+        try:
+            second = make_app(model, max_bytes=_MAX_BYTES)
+            with _quiet(second):
+                status = _send(second, "POST", "/predict", {"file": png}).status_code
+        except (NotImplementedError, ShortcutRefused):
+            raise
+        except Exception as err:
+            raise failure(
+                ex,
+                f"a second make_app(model) failed ({type(err).__name__}: {err})",
+                "create the app inside make_app (app = Flask(__name__) in its body), so that each "
+                "call builds a fresh app with its own routes.",
+            ) from err
+        if status != 200:
+            raise failure(
+                ex,
+                f"the app from a second make_app(model) answered a good PNG with {status}",
+                "create the app inside make_app, not once at module level.",
+            )
+    n_bad = len(_bad_requests(png, csv, truncated))
+    passed(
+        ex,
+        "make_app's /predict answers a PNG, a PNG with top_k=5 and a JPEG with the API's "
+        f"probabilities (eval mode, no gradients), and {n_bad} bad requests (no file field, "
+        "CSV, truncated, too large, bad top_k, GET) with 4xx JSON",
+    )
+
+
+@contextmanager
+def _quiet(app: Any) -> Iterator[None]:
+    """Silence the app's logger: an unhandled error would print a traceback in the check."""
+    disabled = app.logger.disabled
+    app.logger.disabled = True
+    try:
+        yield
+    finally:
+        app.logger.disabled = disabled
+
+
+def _answer(
+    ex: str, app: Any, name: str, method: str, url: str, form: dict[str, bytes] | None
+) -> Any:
+    try:
+        return _send(app, method, url, form)
+    except (NotImplementedError, ShortcutRefused):
+        raise
+    except Exception as err:
+        raise failure(
+            ex,
+            f"{method} {url} with {name}: the app raised {type(err).__name__}: {err} (a client "
+            "would get a 500)",
+            "catch what the request can cause (a missing field, a bad top_k, a bad image) "
+            "and answer it with a 4xx JSON error; leave app.testing off.",
+        ) from err
+
+
+def _json_of(response: Any) -> Any:
+    return response.get_json(silent=True) if response.is_json else None
+
+
+def _check_good(
+    ex: str,
+    name: str,
+    response: Any,
+    probs: torch.Tensor,
+    k: int,
+    tol: float,
+    calls: list[tuple[bool, bool, int]],
+) -> None:
+    body = _json_of(response)
+    if response.status_code != 200:
+        shown = body if body is not None else response.get_data(as_text=True)[:120]
+        raise failure(
+            ex,
+            f"{name}: status {response.status_code} ({shown}), expected 200",
+            "read the upload with request.files['file'].read(), preprocess it (your "
+            "preprocess_upload or serve.preprocess_image), run the model, jsonify the answer.",
+        )
+    if not calls:
+        raise failure(ex, f"{name}: the model was never called", "run model(x) in the route.")
+    if any(training for training, _, _ in calls):
+        raise failure(
+            ex,
+            f"{name}: the model ran in training mode",
+            "call model.eval() in make_app (once): dropout makes training-mode answers random.",
+        )
+    if any(grad for _, grad, _ in calls):
+        raise failure(
+            ex,
+            f"{name}: the forward pass recorded gradients",
+            "run it under `with torch.inference_mode():`.",
+        )
+    values, indices = probs.topk(k)
+    best = int(indices[0])
+    expected = {
+        "label": CLASSES[best],
+        "class_index": best,
+        "probabilities": [
+            {"label": CLASSES[int(i)], "class_index": int(i), "probability": float(p)}
+            for p, i in zip(values, indices, strict=True)
+        ],
+    }
+    problem = _body_problem(body, expected, k, tol) if tol <= 1e-5 else _loose(body, probs, k, tol)
+    if problem is not None:
+        raise failure(
+            ex,
+            f"{name}: {problem}",
+            "answer {'label', 'class_index', 'probabilities': [{'label', 'class_index', "
+            "'probability'}, …]}: softmax over dim 1, the top_k largest first, plain floats.",
+        )
+
+
+def _loose(body: Any, probs: torch.Tensor, k: int, tol: float) -> str | None:
+    """``_body_problem`` for an image the learner may preprocess a grey level differently."""
+    best = int(probs.argmax())
+    reference = {
+        "label": CLASSES[best],
+        "class_index": best,
+        "probabilities": [
+            {"label": CLASSES[i], "class_index": i, "probability": float(probs[i])}
+            for i in range(len(CLASSES))
+        ],
+    }
+    if isinstance(body, dict) and isinstance(body.get("class_index"), int):
+        top = body["class_index"]
+        if float(probs[top]) >= float(probs.max()) - tol:  # a near-tie may flip
+            reference["class_index"], reference["label"] = top, CLASSES[top]
+    return _body_problem(body, reference, k, tol)
+
+
+def _check_bad(ex: str, name: str, response: Any, allowed: set[int], hint: str) -> None:
+    status = response.status_code
+    body = _json_of(response)
+    wanted = " or ".join(str(s) for s in sorted(allowed))
+    if status >= 500:
+        raise failure(
+            ex,
+            f"{name}: status {status}, expected {wanted}: a client error became a server error",
+            hint,
+        )
+    if status not in allowed:
+        raise failure(ex, f"{name}: status {status}, expected {wanted}", hint)
+    if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+        shown = response.get_data(as_text=True)[:80].replace("\n", " ")
+        raise failure(
+            ex,
+            f"{name}: status {status} with the body {shown!r}, not JSON with an 'error' key",
+            "answer every error with jsonify(error=..., message=...), status. " + hint,
+        )
