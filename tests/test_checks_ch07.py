@@ -244,13 +244,17 @@ def test_png_dataset_wrong_answers_fail(answer, hint, capsys) -> None:
 
 
 def test_png_dataset_refuses_aliases_and_restores_them(capsys) -> None:
-    originals = (pngfolder.PNGFolder, torchvision.datasets.ImageFolder)
-    namespace = {"Folder": PNGFolder}
-    exec(
-        "def alias(root, on_error='skip'):\n    return Folder(root, on_error=on_error)\n", namespace
+    originals = (pngfolder.PNGFolder, pngfolder.load_grey, torchvision.datasets.ImageFolder)
+    namespace = {"grey": pngfolder.load_grey, "_Right": _Right}
+    exec(  # a notebook that ran `from course_utils.pngfolder import load_grey as grey`
+        "class Alias(_Right):\n"
+        "    def __getitem__(self, i):\n"
+        "        path, label = self.samples[i]\n"
+        "        return self.transform(grey(path)), label\n",
+        namespace,
     )
     with pytest.raises(ShortcutRefused):
-        check_png_dataset(namespace["alias"])
-    assert (pngfolder.PNGFolder, torchvision.datasets.ImageFolder) == originals
-    assert namespace["Folder"] is PNGFolder
+        check_png_dataset(namespace["Alias"])
+    assert (pngfolder.PNGFolder, pngfolder.load_grey, torchvision.datasets.ImageFolder) == originals
+    assert namespace["grey"] is pngfolder.load_grey
     capsys.readouterr()

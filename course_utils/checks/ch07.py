@@ -134,6 +134,11 @@ def check_seeded_loader(fn: Callable[..., Any]) -> None:
     a function of ``seed`` alone: the same seed gives the same epochs whatever the global RNG
     did, another seed another order, each epoch a new permutation, and the global RNG untouched.
     """
+    with torch.random.fork_rng(devices=[]):  # the check reseeds; the caller's RNG is kept
+        _check_seeded_loader(fn)
+
+
+def _check_seeded_loader(fn: Callable[..., Any]) -> None:
     ex = "7.2"
     dataset, batch_size = _Indices(37), 8
     hint_make = "return DataLoader(dataset, batch_size, shuffle=True, generator=...)."
