@@ -199,6 +199,11 @@ class _NoSkippedList(_Right):
         self.skipped = []
 
 
+class _AnyPolicy(_Right):
+    def __init__(self, root, on_error: str = "skip", transform=None) -> None:
+        super().__init__(root, on_error if on_error == "raise" else "skip", transform)
+
+
 class _NotNormalised(_Right):
     def __getitem__(self, i: int):
         x, y = super().__getitem__(i)
@@ -225,6 +230,7 @@ class _WrapsImageFolder(torchvision.datasets.ImageFolder):
         (_NeverRaises, "raise BadImageError in __init__"),
         (_NoSkippedList, "self.skipped"),
         (_NotNormalised, "ToTensor + Normalize"),
+        (_AnyPolicy, "accepted silently"),
         (_WrapsPNGFolder, "write the dataset yourself"),
         (_WrapsImageFolder, "write the dataset yourself"),
     ],
@@ -235,6 +241,7 @@ class _WrapsImageFolder(torchvision.datasets.ImageFolder):
         "raise-policy-ignored",
         "skipped-not-listed",
         "not-normalised",
+        "unknown-policy-accepted",
         "shortcut-PNGFolder",
         "shortcut-ImageFolder",
     ],

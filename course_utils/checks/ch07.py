@@ -271,8 +271,9 @@ def check_png_dataset(dataset_cls: Callable[..., Any]) -> None:
     the shortcuts are switched off); with unpadded names (``10_c10`` sorts before ``2_c2`` as
     text), labels by the folders' numbers; with a truncated PNG and a text file named ``.png``,
     ``on_error="skip"`` leaves both out and lists them in ``skipped``, ``on_error="raise"``
-    raises at construction with the bad file's path in the message. ``PNGFolder``,
-    ``ImageFolder`` and ``DatasetFolder`` are switched off while the dataset is built and read.
+    raises at construction with the bad file's path in the message; another policy is a
+    ``ValueError``. ``PNGFolder``, ``ImageFolder`` and ``DatasetFolder`` are switched off while
+    the dataset is built and read.
     """
     from torchvision import datasets, transforms
 
@@ -298,6 +299,7 @@ def check_png_dataset(dataset_cls: Callable[..., Any]) -> None:
             _check_padded(ex, dataset_cls, padded_root, reference, ref_items)
             _check_unpadded(ex, dataset_cls, plain_root, good, pixels)
             _check_raise_policy(ex, dataset_cls, plain_root)
+            _check_unknown_policy(ex, dataset_cls, padded_root)
     passed(
         ex,
         f"{N_CLASSES} classes: parity with ImageFolder (padded names), labels by number "
@@ -453,4 +455,24 @@ def _check_raise_policy(ex: str, dataset_cls: Callable[..., Any], root: Path) ->
         f"{where}: the dataset was built without an error ({len(ds)} samples)",
         "with on_error='raise', raise BadImageError in __init__ at the first file that "
         "fails to decode.",
+    )
+
+
+def _check_unknown_policy(ex: str, dataset_cls: Callable[..., Any], root: Path) -> None:
+    try:
+        dataset_cls(root, on_error="ignore")
+    except ValueError:
+        return
+    except (NotImplementedError, AssertionError):
+        raise
+    except Exception as err:
+        raise failure(
+            ex,
+            f"on_error='ignore' raised {type(err).__name__}: {err}",
+            "refuse an unknown policy with a ValueError naming the allowed ones.",
+        ) from err
+    raise failure(
+        ex,
+        "on_error='ignore' (a typo for a policy) was accepted silently",
+        "raise ValueError(f\"on_error must be 'skip' or 'raise', got {on_error!r}\").",
     )
