@@ -168,6 +168,11 @@ def test_hook_recorder_right_answer_passes(capsys: pytest.CaptureFixture[str]) -
     passes(check_hook_recorder, _Recorder, "5.3", capsys)
 
 
+class _NotAContextManager:
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.outputs = {name: [] for name in names}
+
+
 class _NeverRemoves(_Recorder):
     def __exit__(self, *_exc: object) -> None:
         pass
@@ -246,6 +251,7 @@ class _LibraryRecorder:
         (_SharedOutputs, "class attribute"),
         (_RemovesOnlyOnSuccess, "also when the block raises"),
         (_LibraryRecorder, "write the recorder yourself"),
+        (_NotAContextManager, "define both __enter__"),
     ],
     ids=[
         "never-removes",
@@ -256,6 +262,7 @@ class _LibraryRecorder:
         "outputs-shared-between-recorders",
         "removes-only-on-success",
         "shortcut-capture_activations",
+        "not-a-context-manager",
     ],
 )
 def test_hook_recorder_wrong_answers_fail(answer, hint, capsys) -> None:

@@ -187,6 +187,13 @@ def check_hook_recorder(recorder_cls: Callable[..., Any]) -> None:
         recorder = call(
             ex, f"{_name(recorder_cls)}(model, {names})", recorder_cls, model, names, hint=hint_api
         )
+        if not all(hasattr(type(recorder), m) for m in ("__enter__", "__exit__")):
+            raise failure(
+                ex,
+                f"{_name(recorder_cls)}(...) is not a context manager",
+                "define both __enter__ (register the hooks, return self) and __exit__ "
+                "(remove them).",
+            )
         with recorder as rec:
             hooks_inside = _forward_hooks(model)
             model(x)  # with autograd on: the recorder must detach
