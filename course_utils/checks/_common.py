@@ -119,6 +119,7 @@ def build_model(ex: str, model_cls: Callable[..., nn.Module], **kwargs: Any) -> 
         raise failure(ex, f"{name}() is not an nn.Module", "subclass nn.Module.")
     return model
 
+
 class _Namespace:
     """A module's globals ``dict`` seen as an object, so that ``mock.patch.object`` can patch a
     name in it (``from torch.nn.functional import dropout`` binds ``dropout`` there)."""
@@ -150,3 +151,109 @@ def aliases(
         view = _Namespace(namespace)
         found += [(view, n) for n, v in list(namespace.items()) if id(v) in targets]
     return found
+
+
+def reported_runs_verdict(
+    ex: str,
+    reported: Any,
+    verdict: Any,
+    *,
+    arms: tuple[str, str],
+    verdicts: tuple[str, str, str],
+    recompute: Callable[[str, int], float],
+    tolerance: float,
+    what: str,
+    min_seeds: int = 2,
+) -> str:
+    """Check an experiment task: numbers from real runs, and a verdict that follows the noise rule.
+
+    ``reported`` is ``{arm: {seed: value}}`` for the two ``arms``, with the same ``min_seeds`` or
+    more seeds each. The verdict must be ``verdicts[0]`` when the first arm's value is higher
+    beyond noise (:attr:`course_utils.experiments.Comparison.beyond_noise`), ``verdicts[1]``
+    when the second's is, and ``verdicts[2]`` otherwise (case and outer spaces ignored). Then
+    one run, chosen from the reported numbers, is recomputed with ``recompute(arm, seed)`` and
+    must agree within ``tolerance``. Structure and verdict are checked before the (slow) rerun.
+
+    Returns:
+        the comparison's sentence (machine-dependent numbers: keep it off a ✅ line that
+        strict nbval compares).
+    """
+    import math
+    from collections.abc import Mapping
+
+    import pandas as pd
+
+    from ..experiments import compare
+
+    shape_hint = (
+        f"report a dict {{arm: {{seed: {what}}}}} with the arms {list(arms)}, the same "
+        f"{min_seeds} or more seeds for each, and one float per run."
+    )
+    if not isinstance(reported, Mapping) or set(reported) != set(arms):
+        keys = sorted(reported) if isinstance(reported, Mapping) else type(reported).__name__
+        raise failure(ex, f"reported {keys}, expected the arms {list(arms)}", shape_hint)
+    rows = []
+    for arm in arms:
+        runs = reported[arm]
+        if not isinstance(runs, Mapping) or len(runs) < min_seeds:
+            n = len(runs) if isinstance(runs, Mapping) else type(runs).__name__
+            raise failure(
+                ex,
+                f"{arm}: {n} run(s) reported, need {min_seeds} seeds or more",
+                "one seed says nothing about the spread: " + shape_hint,
+            )
+        for seed, value in runs.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise failure(ex, f"{arm}, seed {seed}: {value!r} is not a number", shape_hint)
+            if not math.isfinite(value):
+                raise failure(ex, f"{arm}, seed {seed}: {value} is not finite", shape_hint)
+            rows.append({"variant": arm, "seed": seed, "value": float(value)})
+    seeds = [sorted(map(str, reported[arm])) for arm in arms]
+    if seeds[0] != seeds[1]:
+        raise failure(
+            ex,
+            f"the arms have different seeds: {seeds[0]} vs {seeds[1]}",
+            "run every arm with the same seeds: a fair comparison changes one thing only.",
+        )
+    frame = pd.DataFrame(rows)
+    comparison = compare(frame, arms[0], arms[1], "value")
+    if comparison.beyond_noise:
+        expected = verdicts[0] if comparison.diff > 0 else verdicts[1]
+    else:
+        expected = verdicts[2]
+    said = verdict.strip().lower() if isinstance(verdict, str) else verdict
+    if said not in [v.lower() for v in verdicts]:
+        raise failure(
+            ex,
+            f"verdict {verdict!r} is not one of {list(verdicts)}",
+            "set verdict to one of the three strings, chosen by code from the numbers.",
+        )
+    numbers = comparison.sentence(lambda v: f"{v:.3f}")
+    if said != expected.lower():
+        if expected == verdicts[2]:
+            hint = (
+                "by the noise rule a difference is real only if the seeds' ranges do not "
+                "overlap and the means differ by more than twice the larger std: here it is "
+                "within noise."
+            )
+        else:
+            hint = (
+                "by the noise rule this difference is real (no overlap, and more than twice "
+                "the larger std apart); say which arm is higher."
+            )
+        raise failure(ex, f"verdict {verdict!r}, expected {expected!r} ({numbers})", hint)
+    runs = sorted(((r["variant"], r["seed"]) for r in rows), key=str)
+    pick = int(round(abs(frame["value"].sum()) * 1e6)) % len(runs)
+    arm, seed = runs[pick]
+    again = recompute(arm, seed)
+    if abs(again - float(reported[arm][seed])) > tolerance:
+        raise failure(
+            ex,
+            f"{arm}, seed {seed}: reported {float(reported[arm][seed]):.4f}, a rerun gave "
+            f"{again:.4f}",
+            "report the numbers of your runs, from the protocol the task states (same "
+            "seed_everything, data order, optimiser and epochs).",
+        )
+    return f"{numbers}; rerun of {arm} seed {seed}: {again:.4f}"

@@ -1,24 +1,36 @@
-"""Checks of the chapter 3 exercises: activations: dead units and epochs to a target accuracy."""
+"""Checks of the chapter 3 exercises: activations: dead units, epochs to a target accuracy, a
+silent-unit counter built on forward hooks, and an experiment on large learning rates."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .. import diagnostics, hooks
+from ..data import FashionMNISTTensors, TensorLoader
 from ..hooks import hook_count
 from ..models import FashionCNN
+from ..train import fit, seed_everything
 from ._common import (
+    aliases,
+    call,
     failure,
     passed,
+    refuse,
+    reported_runs_verdict,
 )
 
 __all__ = [
     "check_count_dead",
-    "check_dead_per_layer",
     "check_epochs_to_reach",
+    "check_silent_experiment",
+    "check_silent_per_layer",
+    "EXPERIMENT_ARMS",
+    "EXPERIMENT_VERDICTS",
 ]
 
 
@@ -54,17 +66,14 @@ def check_count_dead(fn: Callable[[torch.Tensor], int]) -> None:
     """
     ex = "3.1"
     for case, acts, expected in _dead_cases():
-        try:
-            result = fn(acts.clone())
-        except NotImplementedError:
-            raise
-        except Exception as err:
-            raise failure(
-                ex,
-                f"count_dead raised {type(err).__name__} on {case}: {err}",
-                "handle both 4-d [N, C, H, W] and 2-d [N, F] inputs: move the unit dimension "
-                "(dim 1) first and flatten the rest.",
-            ) from err
+        result = call(
+            ex,
+            f"count_dead on {case}",
+            fn,
+            acts.clone(),
+            hint="handle both 4-d [N, C, H, W] and 2-d [N, F] inputs: move the unit dimension "
+            "(dim 1) first and flatten the rest.",
+        )
         if isinstance(result, torch.Tensor) and result.numel() == 1:
             result = result.item()
         if isinstance(result, bool) or not isinstance(result, int | np.integer):
@@ -96,102 +105,6 @@ def check_count_dead(fn: Callable[[torch.Tensor], int]) -> None:
 # --- 3.2 ---------------------------------------------------------------------------------------
 
 
-def _dead_fixture() -> tuple[nn.Module, torch.Tensor, dict[str, int]]:
-    """A small ReLU CNN with known dead units, an input batch, and the expected counts."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = FashionCNN(width=4, hidden=8)
-    with torch.no_grad():
-        model.conv1.bias[[0, 2]] = -100.0  # channels 0 and 2 of conv1 never fire
-        model.conv2.bias[[1]] = -100.0
-        model.fc1.bias[[3, 4, 7]] = -100.0
-    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    expected = {}
-    with torch.no_grad():
-        model.eval()
-        h1 = model.act1(model.conv1(x))
-        h2 = model.act2(model.conv2(model.pool(h1)))
-        h3 = model.act3(model.fc1(torch.flatten(model.pool(h2), 1)))
-    for name, h in (("act1", h1), ("act2", h2), ("act3", h3)):
-        expected[name] = int((h.transpose(0, 1).flatten(1).amax(1) == 0).sum())
-    return model.train(), x, expected
-
-
-def check_dead_per_layer(fn: Callable[[nn.Module, torch.Tensor], Mapping[str, int]]) -> None:
-    """Exercise 3.2: ``dead_per_layer(model, x) -> {relu module name: dead units}``.
-
-    Run on a small ``FashionCNN`` whose biases make some units dead. The answer must name every
-    ``nn.ReLU`` module (``act1``, ``act2``, ``act3``) with the right count; no hook may remain
-    afterwards, also when the forward pass raises (a batch of the wrong image size), and a second
-    call must give the same answer.
-
-    Raises:
-        AssertionError: with a hint.
-    """
-    ex = "3.2"
-    model, x, expected = _dead_fixture()
-    try:
-        result = fn(model, x)
-    except NotImplementedError:
-        raise
-    except Exception as err:
-        raise failure(
-            ex, f"dead_per_layer raised {type(err).__name__}: {err}", "read the error above."
-        ) from err
-    finally:
-        left = hook_count(model)
-    if left:
-        raise failure(
-            ex,
-            f"{left} hook(s) are still registered after dead_per_layer returned",
-            "keep the handles that register_forward_hook returns and call handle.remove() on "
-            "each, in a `finally:` block.",
-        )
-    if not isinstance(result, Mapping):
-        raise failure(ex, f"returned {type(result).__name__}", "return a dict {name: count}.")
-    if set(result) != set(expected):
-        raise failure(
-            ex,
-            f"keys {sorted(result)}, expected {sorted(expected)}",
-            "hook the nn.ReLU modules, named as model.named_modules() names them.",
-        )
-    wrong = {k: result[k] for k in expected if result[k] != expected[k]}
-    if wrong:
-        raise failure(
-            ex,
-            f"counts {dict(result)}, expected {expected}",
-            "record each ReLU's *output* in the hook and count its dead units with count_dead.",
-        )
-    again = fn(model, x)
-    if dict(again) != dict(result):
-        raise failure(
-            ex,
-            f"a second call gave {dict(again)}",
-            "start from fresh recordings each call, and remove the hooks so that they do not "
-            "pile up.",
-        )
-    try:
-        fn(model, torch.zeros(2, 1, 30, 30))
-    except NotImplementedError:
-        raise
-    except Exception:  # noqa: BLE001 - the forward pass is meant to fail here
-        pass
-    if hook_count(model):
-        raise failure(
-            ex,
-            "hooks stay registered when the forward pass raises",
-            "remove the hooks in a `finally:` block (or a context manager), so that an error "
-            "in model(x) cannot leave them behind.",
-        )
-    passed(
-        ex,
-        f"dead units per ReLU {expected}; hooks removed, also when the forward pass raises",
-    )
-
-
-# --- 3.3 ---------------------------------------------------------------------------------------
-
-
 _EPOCHS_TO_CASES: tuple[tuple[tuple[float, ...], float, int | None], ...] = (
     ((0.50, 0.86, 0.70, 0.90), 0.85, 2),  # the first time, not the best epoch
     ((0.70, 0.80, 0.84, 0.86, 0.85), 0.84, 3),  # reached exactly: >= counts
@@ -201,22 +114,22 @@ _EPOCHS_TO_CASES: tuple[tuple[tuple[float, ...], float, int | None], ...] = (
 
 
 def check_epochs_to_reach(fn: Callable[[Sequence[float], float], int | None]) -> None:
-    """Exercise 3.3: ``epochs_to_reach(accuracies, target)``: the first epoch (counted from 1)
+    """Exercise 3.2: ``epochs_to_reach(accuracies, target)``: the first epoch (counted from 1)
     whose accuracy is ``>= target``, or ``None`` if none is.
 
     Raises:
         AssertionError: with a hint (0-based epochs, ``>`` instead of ``>=``, best epoch…).
     """
-    ex = "3.3"
+    ex = "3.2"
     for accs, target, expected in _EPOCHS_TO_CASES:
-        try:
-            result = fn(list(accs), target)
-        except NotImplementedError:
-            raise
-        except Exception as err:
-            raise failure(
-                ex, f"raised {type(err).__name__} on {accs}: {err}", "read the error above."
-            ) from err
+        result = call(
+            ex,
+            f"epochs_to_reach({list(accs)}, {target})",
+            fn,
+            list(accs),
+            target,
+            hint="read the error above.",
+        )
         if result == expected and (result is None) == (expected is None):
             continue
         strict = next((i for i, a in enumerate(accs, start=1) if a > target), None)
@@ -230,3 +143,294 @@ def check_epochs_to_reach(fn: Callable[[Sequence[float], float], int | None]) ->
             hint = "return the *first* epoch that reaches the target, not the best one."
         raise failure(ex, f"{accs} with target {target}: got {result!r}, expected {expected}", hint)
     passed(ex, f"epochs_to_reach is right on {len(_EPOCHS_TO_CASES)} curves")
+
+
+# --- 3.3 ---------------------------------------------------------------------------------------
+
+
+class _ProbeNet(nn.Module):
+    """A small CNN on 8×8 images, nested in ``nn.Sequential``s, with ``kind`` activations, a
+    BatchNorm (so a forward pass in training mode is visible) and a ReLU ``gate`` on the logits
+    (a module of another type than ``kind`` when ``kind`` is not ReLU)."""
+
+    def __init__(self, kind: type[nn.Module]) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), kind(), nn.MaxPool2d(2)
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * 4 * 4, 8), kind(), nn.Linear(8, 3))
+        self.gate = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(self.head(self.features(x)))
+
+
+def _probe_fixture(kind: type[nn.Module]) -> tuple[nn.Module, list[tuple[torch.Tensor, Any]]]:
+    """A ``_ProbeNet`` with known silent units, and two batches: dark images, then bright ones.
+
+    Conv channels 0 and 1 are silent everywhere (BatchNorm shift -100); channel 2 sums its 3×3
+    patch and is shifted by -5, so it fires on the bright batch only; channel 3 subtracts its
+    patch and is shifted by +0.5, so it fires on the dark batch only; ``head.1`` features 0 and
+    3 are silent (bias -100).
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _ProbeNet(kind)
+    conv, bn = model.features[0], model.features[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(0.3)
+        bn.running_var.fill_(2.0)
+        bn.bias[[0, 1]] = -100.0
+        conv.weight[2] = 1.0
+        conv.bias[2] = 0.0
+        conv.weight[3] = -1.0
+        conv.bias[3] = 0.0
+        bn.running_mean[2:4], bn.running_var[2:4], bn.weight[2:4] = 0.0, 1.0, 1.0
+        bn.bias[2], bn.bias[3] = -5.0, 0.5
+        model.head[1].bias[[0, 3]] = -100.0
+    g = torch.Generator().manual_seed(1)
+    dark = torch.rand(4, 1, 8, 8, generator=g) * 0.1
+    bright = 1 - torch.rand(3, 1, 8, 8, generator=g) * 0.1
+    return model, [(dark, torch.zeros(4)), (bright, torch.zeros(3))]
+
+
+def _reference_silent(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, Any]],
+    kind: type[nn.Module],
+    *,
+    on_output: bool = False,
+) -> dict[str, tuple[int, int]]:
+    """Silent units per module of type ``kind`` (on its input, or its output ``== 0``)."""
+    largest: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            t = output.ne(0).float() if on_output else inputs[0]
+            m = t.detach().transpose(0, 1).flatten(1).amax(1)
+            largest[name] = torch.maximum(largest[name], m) if name in largest else m
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(make_hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, kind)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: (int((m <= 0).sum()), len(m)) for n, m in largest.items()}
+
+
+_HOOK_SHORTCUTS: list[tuple[object, str]] = [
+    (diagnostics, "dead_units"),
+    (diagnostics, "silent_units"),
+    (diagnostics, "capture_activations"),
+    (hooks, "capture_activations"),
+]
+
+
+def _as_counts(ex: str, result: Any) -> dict[str, tuple[int, int]]:
+    """The learner's answer as ``{name: (silent, units)}`` of ints, or a ❌."""
+    hint = "return a dict {module name: (silent units, units)} with two ints per layer."
+    if not isinstance(result, Mapping):
+        raise failure(ex, f"returned {type(result).__name__}, not a dict", hint)
+    counts = {}
+    for name, pair in result.items():
+        try:
+            silent, units = (int(v) for v in pair)
+        except (TypeError, ValueError) as err:
+            raise failure(ex, f"{name!r}: {pair!r} is not a pair (silent, units)", hint) from err
+        counts[name] = (silent, units)
+    return counts
+
+
+def check_silent_per_layer(
+    fn: Callable[[nn.Module, Iterable, type[nn.Module]], Mapping[str, tuple[int, int]]],
+) -> None:
+    """Exercise 3.3: ``silent_per_layer(model, batches, kind) -> {name: (silent, units)}``.
+
+    For every module of ``model`` that is an instance of ``kind`` (named as
+    ``model.named_modules()`` names it), count the units whose *input* was ``<= 0`` for every
+    image and position of every batch. Run on a small nested CNN with known silent units, once
+    with ``nn.ReLU`` (one unit fires only in the second batch) and once with ``nn.LeakyReLU``
+    (whose output is never exactly 0). The model's mode and BatchNorm statistics must be left as
+    they were, and no hook may remain, also when a batch makes the forward pass raise.
+    ``course_utils.diagnostics.dead_units``/``silent_units`` and
+    ``course_utils.hooks.capture_activations`` are switched off while it runs.
+
+    Raises:
+        AssertionError: with a hint.
+    """
+    ex = "3.3"
+    shortcuts = _HOOK_SHORTCUTS + aliases([fn], _HOOK_SHORTCUTS)
+    summary = []
+    for kind, start_training in ((nn.ReLU, True), (nn.LeakyReLU, False)):
+        model, batches = _probe_fixture(kind)
+        model.train(start_training)
+        expected = _reference_silent(model, batches, kind)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with refuse(ex, shortcuts, task="the hook-based counter"):
+            try:
+                raw = call(
+                    ex,
+                    f"silent_per_layer(model, batches, nn.{kind.__name__})",
+                    fn,
+                    model,
+                    list(batches),
+                    kind,
+                    hint="read the error above.",
+                )
+            finally:
+                left = hook_count(model)
+        if left:
+            raise failure(
+                ex,
+                f"{left} hook(s) are still registered after silent_per_layer returned",
+                "keep the handles that register_forward_hook returns and call handle.remove() "
+                "on each, in a `finally:` block.",
+            )
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])]
+        if changed:
+            raise failure(
+                ex,
+                f"the call changed {changed}",
+                "run the model in eval mode (model.eval()) under torch.no_grad(): in training "
+                "mode BatchNorm normalises with the batch and updates its running statistics.",
+            )
+        modes = {m.training for m in model.modules()}
+        if modes != {start_training}:
+            raise failure(
+                ex,
+                f"the model was in {'training' if start_training else 'eval'} mode before the "
+                "call and is not any more",
+                "remember model.training before switching to eval mode, and restore it with "
+                "model.train(was_training) in the `finally:` block.",
+            )
+        result = _as_counts(ex, raw)
+        if set(result) != set(expected):
+            raise failure(
+                ex,
+                f"with nn.{kind.__name__}: layers {sorted(result)}, expected {sorted(expected)}",
+                "hook every module m with isinstance(m, kind), and name it as "
+                "model.named_modules() does (nested modules are named like 'features.2').",
+            )
+        if result == expected:
+            summary.append(f"nn.{kind.__name__} {expected}")
+            continue
+        one_batch = [_reference_silent(model, [b], kind) for b in batches]
+        on_output = _reference_silent(model, batches, kind, on_output=True)
+        if result in one_batch:
+            hint = (
+                "combine all the batches: keep, per unit, the largest input seen so far; a "
+                "unit is silent only if it never fired on any batch."
+            )
+        elif result == on_output:
+            hint = (
+                "count on the activation's *input* (the pre-activation, inputs[0] in the "
+                "hook): LeakyReLU's output is negative, never exactly 0, where it is silent."
+            )
+        else:
+            hint = (
+                "per unit (dim 1 of the input), take the maximum over every other dimension "
+                "and every batch; the unit is silent if it is <= 0."
+            )
+        raise failure(ex, f"with nn.{kind.__name__}: got {result}, expected {expected}", hint)
+    model, batches = _probe_fixture(nn.ReLU)
+    model.train()
+    wrong_size = (torch.zeros(2, 1, 10, 10), torch.zeros(2))
+    with refuse(ex, shortcuts, task="the hook-based counter"):
+        try:
+            fn(model, [batches[0], wrong_size], nn.ReLU)
+        except (NotImplementedError, AssertionError):
+            raise
+        except Exception:  # noqa: BLE001 - the forward pass is meant to fail here
+            pass
+    if hook_count(model):
+        raise failure(
+            ex,
+            "hooks stay registered when the forward pass raises (a batch of 10×10 images)",
+            "remove the hooks in a `finally:` block (or a context manager), so that an error "
+            "in model(x) cannot leave them behind.",
+        )
+    if not model.training:
+        raise failure(
+            ex,
+            "the model stays in eval mode when the forward pass raises",
+            "restore the mode in the `finally:` block too.",
+        )
+    passed(
+        ex,
+        "silent units per layer: " + "; ".join(summary) + "; mode restored, no hook left, "
+        "also when the forward pass raises",
+    )
+
+
+# --- 3.4 ---------------------------------------------------------------------------------------
+
+EXPERIMENT_ARMS = ("relu", "leaky_relu")
+EXPERIMENT_VERDICTS = ("more in ReLU", "more in LeakyReLU", "within noise")
+
+
+def _rerun_silent_share(
+    activation: str,
+    seed: int,
+    train_data: FashionMNISTTensors,
+    probe: Iterable,
+    lr: float,
+    device: str | torch.device,
+) -> float:
+    """The task's protocol for one run: its share of silent units over all activation layers."""
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(seed)
+        model = FashionCNN(activation=activation).to(device)
+        batches = TensorLoader(train_data, 64, shuffle=True, seed=seed, device=device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        fit(model, batches, None, 1, optimizer, progress=False)
+    table = diagnostics.dead_units(model, probe)
+    return float(table["silent"].sum() / table["units"].sum())
+
+
+def check_silent_experiment(
+    shares: Mapping[str, Mapping[int, float]],
+    verdict: str,
+    train_data: FashionMNISTTensors,
+    probe: Iterable,
+    lr: float,
+    device: str | torch.device = "cpu",
+) -> None:
+    """Exercise 3.4: does a 10× learning rate silence more ReLU units than LeakyReLU units?
+
+    ``shares`` is ``{"relu": {seed: share}, "leaky_relu": {seed: share}}`` (2 seeds or more,
+    the same for both): the share of silent units over all activation layers of each run,
+    trained by the task's protocol at learning rate ``lr``. ``verdict`` is one of
+    ``EXPERIMENT_VERDICTS``, as the noise rule decides. One run is retrained to check its
+    number.
+
+    Raises:
+        AssertionError: with a hint.
+    """
+    ex = "3.4"
+    reported_runs_verdict(
+        ex,
+        shares,
+        verdict,
+        arms=EXPERIMENT_ARMS,
+        verdicts=EXPERIMENT_VERDICTS,
+        recompute=lambda arm, seed: _rerun_silent_share(arm, seed, train_data, probe, lr, device),
+        tolerance=0.02,
+        what="silent share",
+    )
+    passed(
+        ex,
+        "the shares come from real runs (a rerun of one of them agrees), and the verdict "
+        "follows the noise rule",
+    )

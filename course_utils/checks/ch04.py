@@ -1,117 +1,114 @@
-"""Checks of the chapter 4 exercises: dropout: inverted dropout and Monte-Carlo dropout."""
+"""Checks of the chapter 4 exercises: dropout: a ``Dropout`` module and a channel dropout written
+from scratch, Monte-Carlo dropout, and an experiment on weight decay and the gap."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..data import FashionMNISTTensors, TensorLoader
 from ..models import FashionCNN
+from ..train import evaluate, fit, seed_everything
 from ._common import (
+    aliases,
+    call,
     failure,
     passed,
+    refuse,
+    reported_runs_verdict,
 )
 
 __all__ = [
-    "check_inverted_dropout",
+    "DROPOUT_SHORTCUTS",
+    "EXPERIMENT_ARMS",
+    "EXPERIMENT_VERDICTS",
+    "check_channel_dropout",
+    "check_dropout_module",
     "check_mc_dropout",
+    "check_weight_decay_experiment",
+]
+
+#: Every library route to dropout: switched off while the learner's dropout runs.
+DROPOUT_SHORTCUTS: list[tuple[object, str]] = [
+    *(
+        (nn.functional, name)
+        for name in (
+            "dropout",
+            "dropout1d",
+            "dropout2d",
+            "dropout3d",
+            "alpha_dropout",
+            "feature_alpha_dropout",
+        )
+    ),
+    *(
+        (nn, name)
+        for name in (
+            "Dropout",
+            "Dropout1d",
+            "Dropout2d",
+            "Dropout3d",
+            "AlphaDropout",
+            "FeatureAlphaDropout",
+        )
+    ),
+    *(
+        (torch, name)
+        for name in (
+            "dropout",
+            "dropout_",
+            "native_dropout",
+            "feature_dropout",
+            "feature_dropout_",
+            "alpha_dropout",
+            "alpha_dropout_",
+            "feature_alpha_dropout",
+            "feature_alpha_dropout_",
+        )
+    ),
 ]
 
 
-# --- 4.1 ---------------------------------------------------------------------------------------
+def _build(ex: str, cls: Callable[..., nn.Module], p: float) -> nn.Module:
+    """``cls(p)``, which must be an ``nn.Module`` without parameters."""
+    name = getattr(cls, "__name__", repr(cls))
+    module = call(ex, f"{name}({p})", cls, p, hint="the constructor takes p; a valid p must work.")
+    if not isinstance(module, nn.Module):
+        raise failure(ex, f"{name}({p}) is not an nn.Module", "subclass nn.Module.")
+    if list(module.parameters()):
+        raise failure(
+            ex, f"{name}({p}) has parameters", "dropout has nothing to learn: store p only."
+        )
+    return module
 
 
-def check_inverted_dropout(fn: Callable[[torch.Tensor, float, bool], torch.Tensor]) -> None:
-    """Exercise 4.1: ``inverted_dropout(x, p, training) -> Tensor``.
-
-    In training mode each element is zeroed with probability ``p`` and the survivors are scaled by
-    ``1 / (1 - p)``; in eval mode (and for ``p = 0``) ``x`` is returned unchanged; ``p = 1`` gives
-    zeros (no NaN); ``p`` outside ``[0, 1]`` raises ``ValueError``; ``x`` is not modified.
-    Statistics are checked on 200,000 elements.
-
-    Raises:
-        AssertionError: with a hint.
-    """
-    ex = "4.1"
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(400, 500, generator=g) + 0.5
-
-    def call(t: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-        original = t.clone()
-        try:
-            with torch.random.fork_rng():
-                torch.manual_seed(int(p * 1000) + training)
-                out = fn(t, p, training)
-        except NotImplementedError:
-            raise
-        except Exception as err:
-            raise failure(
-                ex,
-                f"inverted_dropout raised {type(err).__name__} (p={p}): {err}",
-                "read the error above; a valid p must not raise.",
-            ) from err
-        if not torch.equal(t, original):
-            raise failure(ex, "the input x was modified", "build a new tensor: x * mask / (1 - p).")
-        if not isinstance(out, torch.Tensor) or out.shape != t.shape:
-            raise failure(ex, f"p={p}: output is not a tensor of x's shape", "return a tensor.")
-        return out
-
-    if not torch.equal(call(x, 0.5, False), x):
+def _forward(ex: str, module: nn.Module, x: torch.Tensor, what: str, seed: int) -> torch.Tensor:
+    """``module(x)`` under a fixed seed; ``x`` must be left unchanged and the shape kept."""
+    original = x.detach().clone()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = call(ex, f"the forward pass ({what})", module, x, hint="read the error above.")
+    if not torch.equal(x.detach(), original):
         raise failure(
             ex,
-            "in eval mode (training=False) the output differs from x",
-            "dropout does nothing at evaluation time: return x unchanged.",
+            f"{what}: the input x was modified",
+            "build a new tensor (x * mask / (1 - p)); do not write into x.",
         )
-    if not torch.equal(call(x, 0.0, True), x):
-        raise failure(ex, "p=0 changed x", "with p=0 nothing is dropped and the scale is 1.")
-    ones = torch.ones_like(x)
-    for p in (0.3, 0.5):
-        out = call(ones, p, True)
-        dropped = (out == 0).float().mean().item()
-        kept = out[out != 0]
-        if abs(dropped - (1 - p)) < 0.02 and abs(dropped - p) > 0.02:
-            raise failure(
-                ex,
-                f"p={p}: {dropped:.1%} of the elements were zeroed",
-                "p is the probability to *drop*: keep an element when rand >= p.",
-            )
-        if abs(dropped - p) > 0.01:
-            raise failure(
-                ex,
-                f"p={p}: {dropped:.1%} of the elements were zeroed, expected about {p:.0%}",
-                "zero each element independently with probability p: mask = torch.rand_like(x) "
-                ">= p.",
-            )
-        if not torch.allclose(kept, torch.full_like(kept, 1 / (1 - p))):
-            value = kept[0].item() if len(kept) else float("nan")
-            hint = (
-                "scale the survivors by 1 / (1 - p), so that the expected value is unchanged."
-                if math.isclose(value, 1.0)
-                else "divide by (1 - p), do not multiply."
-                if math.isclose(value, 1 - p)
-                else "the survivors are x / (1 - p)."
-            )
-            raise failure(ex, f"p={p}: kept elements of a tensor of ones are {value:.3f}", hint)
-    out = call(x, 0.5, True)
-    mask = out != 0
-    if not torch.allclose(out[mask], x[mask] / 0.5):
-        raise failure(ex, "kept elements are not x / (1 - p)", "multiply x by the mask first.")
-    if torch.equal(call(x, 0.5, True), fn(x, 0.5, True)):
-        raise failure(ex, "two calls gave the same mask", "draw a fresh random mask every call.")
-    out = call(x, 1.0, True)
-    if not torch.equal(out, torch.zeros_like(x)):
-        raise failure(
-            ex,
-            "p=1 did not give zeros (1 / (1 - p) divides by zero)",
-            "with p=1 every element is dropped: return torch.zeros_like(x).",
-        )
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise failure(ex, f"{what}: output {got}, expected {tuple(x.shape)}", "return x's shape.")
+    return out
+
+
+def _bad_p(ex: str, cls: Callable[..., nn.Module]) -> None:
     for bad in (-0.1, 1.5):
         try:
-            fn(x, bad, True)
-        except NotImplementedError:
+            cls(bad)
+        except (NotImplementedError, AssertionError):
             raise
         except ValueError:
             continue
@@ -119,11 +116,116 @@ def check_inverted_dropout(fn: Callable[[torch.Tensor, float, bool], torch.Tenso
             raise failure(
                 ex, f"p={bad} raised {type(err).__name__}, not ValueError", "raise ValueError."
             ) from err
-        raise failure(ex, f"p={bad} was accepted", "raise ValueError unless 0 <= p <= 1.")
+        raise failure(
+            ex, f"p={bad} was accepted", "raise ValueError in __init__ unless 0 <= p <= 1."
+        )
+
+
+def _identity_cases(ex: str, cls: Callable[..., nn.Module], x: torch.Tensor) -> None:
+    module = _build(ex, cls, 0.5)
+    if not module.training:
+        raise failure(ex, "a new module is in eval mode", "call super().__init__() first.")
+    out = _forward(ex, module.eval(), x, "p=0.5 in eval mode", 0)
+    if not torch.equal(out, x):
+        raise failure(
+            ex,
+            "p=0.5 in eval mode: the output differs from x",
+            "dropout does nothing in eval mode: read self.training (set by .train()/.eval()) "
+            "and return x when it is False.",
+        )
+    if not torch.equal(_forward(ex, _build(ex, cls, 0.0).train(), x, "p=0 in training", 0), x):
+        raise failure(ex, "p=0 changed x", "with p=0 nothing is dropped and the scale is 1.")
+
+
+def _p_one(ex: str, cls: Callable[..., nn.Module], x: torch.Tensor) -> None:
+    out = _forward(ex, _build(ex, cls, 1.0).train(), x, "p=1 in training", 0)
+    if not torch.equal(out, torch.zeros_like(x)):
+        raise failure(
+            ex,
+            "p=1 did not give zeros (1 / (1 - p) divides by zero)",
+            "with p=1 every element is dropped: return torch.zeros_like(x).",
+        )
+
+
+def _scale_hint(value: float, p: float) -> str:
+    if math.isclose(value, 1.0, rel_tol=1e-5):
+        return "scale the survivors by 1 / (1 - p), so that the expected value is unchanged."
+    if math.isclose(value, 1 - p, rel_tol=1e-5):
+        return "divide by (1 - p), do not multiply."
+    return "the survivors are x / (1 - p)."
+
+
+# --- 4.1 ---------------------------------------------------------------------------------------
+
+
+def check_dropout_module(cls: Callable[[float], nn.Module]) -> None:
+    """Exercise 4.1: ``Dropout(p)``, an ``nn.Module`` written from scratch.
+
+    In training mode each element is zeroed with probability ``p`` and the survivors are scaled
+    by ``1 / (1 - p)``, with a fresh mask every call and gradients flowing through the mask; in
+    eval mode (``.eval()``) and for ``p = 0`` the output equals ``x``; ``p = 1`` gives zeros;
+    ``p`` outside ``[0, 1]`` raises ``ValueError`` in the constructor; ``x`` is never modified;
+    no parameters. Statistics are checked on 200,000 elements, with every library dropout
+    switched off.
+
+    Raises:
+        AssertionError: with a hint.
+    """
+    ex = "4.1"
+    shortcuts = DROPOUT_SHORTCUTS + aliases([cls], DROPOUT_SHORTCUTS)
+    x = torch.rand(400, 500, generator=torch.Generator().manual_seed(0)) + 0.5
+    with refuse(ex, shortcuts, task="dropout"):
+        _identity_cases(ex, cls, x)
+        ones = torch.ones_like(x)
+        for p in (0.3, 0.5):
+            out = _forward(ex, _build(ex, cls, p).train(), ones, f"p={p} in training", 1)
+            dropped = (out == 0).float().mean().item()
+            kept = out[out != 0]
+            if abs(dropped - (1 - p)) < 0.02 and abs(dropped - p) > 0.02:
+                raise failure(
+                    ex,
+                    f"p={p}: {dropped:.1%} of the elements were zeroed",
+                    "p is the probability to *drop*: keep an element when rand >= p.",
+                )
+            if abs(dropped - p) > 0.01:
+                raise failure(
+                    ex,
+                    f"p={p}: {dropped:.1%} of the elements were zeroed, expected about {p:.0%}",
+                    "zero each element independently with probability p: "
+                    "mask = torch.rand_like(x) >= p.",
+                )
+            if not torch.allclose(kept, torch.full_like(kept, 1 / (1 - p))):
+                value = kept[0].item() if len(kept) else float("nan")
+                raise failure(
+                    ex,
+                    f"p={p}: kept elements of a tensor of ones are {value:.3f}, expected "
+                    f"{1 / (1 - p):.3f}",
+                    _scale_hint(value, p),
+                )
+        module = _build(ex, cls, 0.5).train()
+        leaf = x.clone().requires_grad_(True)
+        out = _forward(ex, module, leaf, "p=0.5 with requires_grad", 2)
+        mask = out.detach() != 0
+        if not torch.allclose(out.detach()[mask], x[mask] / 0.5):
+            raise failure(ex, "kept elements are not x / (1 - p)", "multiply x by the mask.")
+        grad_hint = (
+            "compute x * mask / (1 - p) with tensor operations, without .detach() or .data, "
+            "so that autograd sends the gradient through the kept elements."
+        )
+        call(ex, "out.sum().backward()", out.sum().backward, hint=grad_hint)
+        if leaf.grad is None or not torch.allclose(leaf.grad, mask.float() / 0.5):
+            raise failure(ex, "the gradient with respect to x is not mask / (1 - p)", grad_hint)
+        a = _forward(ex, module, x, "p=0.5, call 1", 3)
+        b = _forward(ex, module, x, "p=0.5, call 2", 4)
+        if torch.equal(a, b):
+            raise failure(ex, "two calls gave the same mask", "draw a fresh mask every call.")
+        _p_one(ex, cls, x)
+        _bad_p(ex, cls)
     passed(
         ex,
-        "eval mode and p=0 return x, p=0.3/0.5 zero that share and scale survivors by "
-        "1/(1-p), p=1 gives zeros, bad p raises ValueError",
+        "eval mode and p=0 return x; p=0.3/0.5 drop that share and scale survivors by "
+        "1/(1-p); gradients flow through the mask; p=1 gives zeros; bad p raises ValueError; "
+        "no library dropout used",
     )
 
 
@@ -145,14 +247,7 @@ def check_mc_dropout(fn: Callable[[nn.Module], Any]) -> None:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = FashionCNN(width=4, hidden=16, norm="batch", dropout=0.5, conv_dropout=0.2)
-    try:
-        fn(model)
-    except NotImplementedError:
-        raise
-    except Exception as err:
-        raise failure(
-            ex, f"enable_mc_dropout raised {type(err).__name__}: {err}", "read it."
-        ) from err
+    call(ex, "enable_mc_dropout(model)", fn, model, hint="read the error above.")
     drops = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
     norms = {
         n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -189,4 +284,161 @@ def check_mc_dropout(fn: Callable[[nn.Module], Any]) -> None:
         ex,
         f"{len(norms)} BatchNorm layers in eval mode (running statistics untouched), "
         f"{len(drops)} dropout layers active, outputs vary between passes",
+    )
+
+
+# --- 4.3 ---------------------------------------------------------------------------------------
+
+
+def check_channel_dropout(cls: Callable[[float], nn.Module]) -> None:
+    """Exercise 4.3: ``ChannelDropout(p)``, ``nn.Dropout2d`` written from scratch.
+
+    On ``[N, C, H, W]`` input, training mode zeroes each *channel of each image* with
+    probability ``p`` (all its ``H × W`` values together) and scales the survivors by
+    ``1 / (1 - p)``; eval mode and ``p = 0`` return ``x``; ``p = 1`` gives zeros; a bad ``p``
+    raises ``ValueError``; an input that is not 4-d raises ``ValueError``; ``x`` is never
+    modified. Checked on 100,000 channel draws, with every library dropout switched off.
+
+    Raises:
+        AssertionError: with a hint.
+    """
+    ex = "4.3"
+    shortcuts = DROPOUT_SHORTCUTS + aliases([cls], DROPOUT_SHORTCUTS)
+    x = torch.rand(200, 500, 2, 2, generator=torch.Generator().manual_seed(0)) + 0.5
+    with refuse(ex, shortcuts, task="channel dropout"):
+        _identity_cases(ex, cls, x)
+        p = 0.4
+        out = _forward(ex, _build(ex, cls, p).train(), torch.ones_like(x), f"p={p}", 1)
+        flat = out.flatten(2)  # [N, C, H*W]
+        if not bool((flat == flat[..., :1]).all()):
+            raise failure(
+                ex,
+                "some channels are only partly zeroed",
+                "draw one keep/drop decision per (image, channel): a mask of shape "
+                "[N, C, 1, 1], which broadcasts over H and W.",
+            )
+        kept = flat[..., 0]  # [N, C]
+        if bool((kept == kept[:1]).all()) or bool((kept == kept[:, :1]).all()):
+            raise failure(
+                ex,
+                "every image got the same mask, or every channel of an image the same draw",
+                "one draw per image *and* channel: torch.rand(N, C, 1, 1) >= p.",
+            )
+        dropped_share = (kept == 0).float().mean().item()
+        if abs(dropped_share - p) > 0.01:
+            raise failure(
+                ex,
+                f"p={p}: {dropped_share:.1%} of the channels were zeroed, expected about {p:.0%}",
+                "drop each channel with probability p: keep it when rand >= p.",
+            )
+        survivors = kept[kept != 0]
+        if not torch.allclose(survivors, torch.full_like(survivors, 1 / (1 - p))):
+            value = survivors[0].item() if len(survivors) else float("nan")
+            raise failure(
+                ex,
+                f"p={p}: kept channels of a tensor of ones are {value:.3f}, expected "
+                f"{1 / (1 - p):.3f}",
+                _scale_hint(value, p),
+            )
+        module = _build(ex, cls, 0.5).train()
+        a = _forward(ex, module, x, "p=0.5, call 1", 3)
+        if not torch.allclose(a[a != 0], (x / 0.5)[a != 0]):
+            raise failure(ex, "kept values are not x / (1 - p)", "multiply x by the mask.")
+        if torch.equal(a, _forward(ex, module, x, "p=0.5, call 2", 4)):
+            raise failure(ex, "two calls gave the same mask", "draw a fresh mask every call.")
+        _p_one(ex, cls, x)
+        _bad_p(ex, cls)
+        for shape in ((8, 5), (8, 5, 3, 3, 3)):
+            try:
+                _build(ex, cls, 0.5).train()(torch.ones(shape))
+            except (NotImplementedError, AssertionError):
+                raise
+            except ValueError:
+                continue
+            except Exception as err:
+                raise failure(
+                    ex,
+                    f"a {len(shape)}-d input raised {type(err).__name__}, not ValueError",
+                    "check x.dim() == 4 first and raise ValueError with a clear message.",
+                ) from err
+            raise failure(
+                ex,
+                f"a {len(shape)}-d input {shape} was accepted",
+                "channel dropout is for [N, C, H, W] maps: raise ValueError otherwise.",
+            )
+    passed(
+        ex,
+        "eval mode and p=0 return x; p=0.4 drops that share of whole channels, per image, "
+        "and scales survivors by 1/(1-p); p=1 gives zeros; bad p and non-4-d input raise "
+        "ValueError; no library dropout used",
+    )
+
+
+# --- 4.4 ---------------------------------------------------------------------------------------
+
+EXPERIMENT_ARMS = ("plain", "weight_decay")
+EXPERIMENT_VERDICTS = (
+    "weight decay narrows the gap",
+    "weight decay widens the gap",
+    "within noise",
+)
+
+
+def _rerun_gap(
+    weight_decay: float,
+    seed: int,
+    train_data: FashionMNISTTensors,
+    val_data: FashionMNISTTensors,
+    epochs: int,
+    device: str | torch.device,
+) -> float:
+    """The task's protocol for one run: train accuracy (eval mode) minus validation accuracy."""
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(seed)
+        model = FashionCNN().to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=weight_decay)
+        batches = TensorLoader(train_data, 64, shuffle=True, seed=seed, device=device)
+        fit(model, batches, None, epochs, optimizer, progress=False)
+    train_acc = evaluate(model, TensorLoader(train_data, 500, device=device))[1]
+    val_acc = evaluate(model, TensorLoader(val_data, 500, device=device))[1]
+    return train_acc - val_acc
+
+
+def check_weight_decay_experiment(
+    gaps: Mapping[str, Mapping[int, float]],
+    verdict: str,
+    train_data: FashionMNISTTensors,
+    val_data: FashionMNISTTensors,
+    weight_decay: float,
+    epochs: int,
+    device: str | torch.device = "cpu",
+) -> None:
+    """Exercise 4.4: does weight decay narrow the train–validation gap?
+
+    ``gaps`` is ``{"plain": {seed: gap}, "weight_decay": {seed: gap}}`` (2 seeds or more, the
+    same for both): training accuracy (eval mode) minus validation accuracy of each run, trained
+    by the task's protocol (``weight_decay`` 0 for ``"plain"``). ``verdict`` is one of
+    ``EXPERIMENT_VERDICTS``, as the noise rule decides. One run is retrained to check its gap.
+
+    Raises:
+        AssertionError: with a hint.
+    """
+    ex = "4.4"
+    decay = {"plain": 0.0, "weight_decay": weight_decay}
+    reported_runs_verdict(
+        ex,
+        gaps,
+        verdict,
+        arms=EXPERIMENT_ARMS,
+        verdicts=EXPERIMENT_VERDICTS,
+        recompute=lambda arm, seed: _rerun_gap(
+            decay[arm], seed, train_data, val_data, epochs, device
+        ),
+        tolerance=0.01,
+        what="gap",
+    )
+    passed(
+        ex,
+        "the gaps come from real runs (a rerun of one of them agrees), and the verdict "
+        "follows the noise rule",
     )
