@@ -176,6 +176,40 @@ def test_dropout_module_refuses_library_dropout(cls, capsys) -> None:
     assert restored()
 
 
+# --- 4.2 ---------------------------------------------------------------------------------------
+
+
+def right_mc(model: nn.Module) -> None:
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout | nn.Dropout2d):
+            m.train()
+
+
+def only_dropout1d(model: nn.Module) -> None:
+    model.eval()
+    for m in model.modules():
+        if type(m) is nn.Dropout:
+            m.train()
+
+
+def test_mc_dropout_right_answer_passes(capsys) -> None:
+    passes(check_mc_dropout, right_mc, "4.2", capsys)
+
+
+@pytest.mark.parametrize(
+    ("fn", "hint"),
+    [
+        (lambda m: m.train(), "start from model.eval()"),
+        (lambda m: m.eval(), "nn.Dropout or nn.Dropout2d"),
+        (only_dropout1d, "nn.Dropout or nn.Dropout2d"),
+    ],
+    ids=["train", "eval", "only-1d"],
+)
+def test_mc_dropout_wrong_answers_fail(fn, hint: str, capsys) -> None:
+    fails(check_mc_dropout, fn, hint, "4.2", capsys)
+
+
 # --- 4.3 ---------------------------------------------------------------------------------------
 
 
@@ -260,40 +294,6 @@ def test_channel_dropout_refuses_library_dropout(cls, capsys) -> None:
         check_channel_dropout(cls)
     assert "❌ Exercise 4.3:" in capsys.readouterr().out
     assert restored()
-
-
-# --- 4.2 ---------------------------------------------------------------------------------------
-
-
-def right_mc(model: nn.Module) -> None:
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout | nn.Dropout2d):
-            m.train()
-
-
-def only_dropout1d(model: nn.Module) -> None:
-    model.eval()
-    for m in model.modules():
-        if type(m) is nn.Dropout:
-            m.train()
-
-
-def test_mc_dropout_right_answer_passes(capsys) -> None:
-    passes(check_mc_dropout, right_mc, "4.2", capsys)
-
-
-@pytest.mark.parametrize(
-    ("fn", "hint"),
-    [
-        (lambda m: m.train(), "start from model.eval()"),
-        (lambda m: m.eval(), "nn.Dropout or nn.Dropout2d"),
-        (only_dropout1d, "nn.Dropout or nn.Dropout2d"),
-    ],
-    ids=["train", "eval", "only-1d"],
-)
-def test_mc_dropout_wrong_answers_fail(fn, hint: str, capsys) -> None:
-    fails(check_mc_dropout, fn, hint, "4.2", capsys)
 
 
 # --- 4.4 ---------------------------------------------------------------------------------------
