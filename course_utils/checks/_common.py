@@ -15,12 +15,14 @@ from ..models import FashionCNN
 
 __all__ = [
     "ShortcutRefused",
+    "aliases",
     "build_model",
     "call",
     "failure",
     "fixed_batch",
     "passed",
     "refuse",
+    "reported_runs_verdict",
     "seeded_cnn",
     "small_model",
 ]
