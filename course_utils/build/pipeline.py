@@ -36,6 +36,7 @@ __all__ = [
     "execute_notebook",
     "executed_dir",
     "executed_path",
+    "execution_errors",
     "is_fresh",
     "page_notebooks",
     "stage_site",
@@ -149,6 +150,11 @@ def stage_site(quick: bool) -> Path:
     (site / "notebooks").mkdir()
     for notebook in chapter_notebooks() + page_notebooks():
         done = executed_path(notebook, quick)
+        if done.exists() and (errors := execution_errors(done)):
+            raise RuntimeError(
+                f"{done} holds a failed execution ({errors[0]}); fix the notebook and run "
+                f"`python -m course_utils.build.pipeline execute{' --quick' if quick else ''}`"
+            )
         if not done.exists():
             raise FileNotFoundError(
                 f"{done} is missing: run `python -m course_utils.build.pipeline execute"
@@ -188,9 +194,32 @@ def ensure_book(quick: bool) -> Path:
 
 
 def is_fresh(notebook: Path, quick: bool) -> bool:
-    """Whether the executed copy of ``notebook`` exists and is newer than its source."""
+    """Whether the executed copy of ``notebook`` exists, is newer than its source, and ran
+    without an error (papermill writes the copy also when a cell fails)."""
     done = executed_path(notebook, quick)
-    return done.exists() and done.stat().st_mtime > notebook.stat().st_mtime
+    return (
+        done.exists()
+        and done.stat().st_mtime > notebook.stat().st_mtime
+        and not execution_errors(done)
+    )
+
+
+def execution_errors(executed: Path) -> list[str]:
+    """The errors recorded in an executed copy: papermill's exception flag and every error
+    output, as ``"ErrorName: message"`` lines (empty: it ran cleanly)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    errors = [
+        f"{out.get('ename', 'Error')}: {out.get('evalue', '')}"
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+    if nb.metadata.get("papermill", {}).get("exception") and not errors:
+        errors.append("papermill recorded an exception")
+    return errors
 
 
 def main(argv: list[str] | None = None) -> None:
