@@ -35,6 +35,7 @@ book: $(STAMP) data
 lint: $(STAMP)
 	$(VENV)/bin/ruff check course_utils apps tests notebooks solutions exercises book
 	$(VENV)/bin/ruff format --check course_utils apps tests notebooks solutions exercises book
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 test: $(STAMP) data lint
 	$(PY) -m course_utils.build.exercises check
