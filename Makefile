@@ -38,17 +38,17 @@ lint: $(STAMP)
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 test: $(STAMP) data lint
-	$(PY) -m course_utils.build.exercises check
+	$(PY) -m course_utils.exercises check
 	$(PY) -m pytest --nbval --nbval-sanitize-with solutions/nbval_sanitize.cfg -p no:cacheprovider tests solutions
 
 lab: $(STAMP) data
 	$(VENV)/bin/jupyter lab notebooks/
 
 exercises: $(STAMP)
-	$(PY) -m course_utils.build.exercises build
+	$(PY) -m course_utils.exercises build
 
 solutions: $(STAMP) data
-	$(PY) -m course_utils.build.exercises execute
+	$(PY) -m course_utils.exercises execute
 
 grade: $(STAMP) data
 	$(PY) -m course_utils.grade

@@ -64,7 +64,7 @@ def test_there_are_solution_notebooks() -> None:
 
 def test_exercises_are_in_sync() -> None:
     problems = stale(ROOT)
-    fix = "run `python -m course_utils.build.exercises build`:\n"
+    fix = "run `python -m course_utils.exercises build`:\n"
     assert not problems, fix + "\n".join(problems)
 
 
@@ -210,7 +210,7 @@ def test_check_detects_stale_and_extra_files(tmp_path: Path) -> None:
         "stale: exercises/09_demo_exercises.ipynb",
         "extra: exercises/10_orphan_exercises.ipynb (no solutions/ source)",
     ]
-    cmd = [sys.executable, "-m", "course_utils.build.exercises", "check", "--root", str(root)]
+    cmd = [sys.executable, "-m", "course_utils.exercises", "check", "--root", str(root)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert "stale: exercises/09_demo_exercises.ipynb" in result.stderr
@@ -224,7 +224,7 @@ def test_cli_reports_bad_markers(tmp_path: Path) -> None:
     (tmp_path / "solutions").mkdir()
     nb = notebook(executed("# BEGIN SOLUTION 1.1: a\nx = 1"))
     nbformat.write(nb, tmp_path / "solutions" / "01_bad_solutions.ipynb")
-    cmd = [sys.executable, "-m", "course_utils.build.exercises", "build", "--root", str(tmp_path)]
+    cmd = [sys.executable, "-m", "course_utils.exercises", "build", "--root", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert "solutions/01_bad_solutions.ipynb, cell 0" in result.stderr

@@ -17,9 +17,9 @@ execution counts, and is written to ``exercises/NN_topic_exercises.ipynb`` as de
 
 Usage::
 
-    python -m course_utils.build.exercises build    # (re)write exercises/ from solutions/
-    python -m course_utils.build.exercises check    # exit 1, naming the stale files
-    python -m course_utils.build.exercises execute [--only 02]  # re-run solutions/, then build
+    python -m course_utils.exercises build    # (re)write exercises/ from solutions/
+    python -m course_utils.exercises check    # exit 1, naming the stale files
+    python -m course_utils.exercises execute [--only 02]  # re-run solutions/, then build
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def stale(root: Path | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m course_utils.build.exercises",
+        prog="python -m course_utils.exercises",
         description="Generate exercises/ from the solution notebooks in solutions/.",
     )
     parser.add_argument(
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print("exercises/ is out of sync with solutions/:", file=sys.stderr)
         for line in problems:
             print(f"  {line}", file=sys.stderr)
-        print("run: python -m course_utils.build.exercises build", file=sys.stderr)
+        print("run: python -m course_utils.exercises build", file=sys.stderr)
         return 1
     print(f"exercises/ is in sync ({len(solution_notebooks(root))} notebooks)")
     return 0
