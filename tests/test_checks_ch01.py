@@ -14,9 +14,9 @@ from course_utils import train
 from course_utils.checks.ch01 import (
     check_conv_shapes,
     check_dynamic_flatten,
-    check_loops,
     check_per_class_accuracy,
 )
+from course_utils.checks.ch01_loops import check_loops
 from course_utils.train import evaluate as package_evaluate
 from course_utils.train import fit as package_fit
 

@@ -17,9 +17,9 @@ from werkzeug.exceptions import HTTPException
 from course_utils import serve
 from course_utils.checks.ch09 import (
     check_batch_response_fn,
-    check_flask_app,
     check_preprocess_fn,
 )
+from course_utils.checks.ch09_flask import check_flask_app
 from course_utils.data import CLASSES, MEAN, STD
 from course_utils.serve import crop_to_content, fit_to_square, normalise, stretch_contrast
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from course_utils import serve
+from course_utils import loadtest, serve
 from course_utils.data import CLASSES, MEAN, STD
 from course_utils.models import FashionCNN
 from course_utils.serve import (
@@ -476,8 +476,8 @@ def test_bench_sweep_measures_each_concurrency_against_one_server(
     model_path: Path, monkeypatch
 ) -> None:
     started = []
-    real = serve._server_process
-    monkeypatch.setattr(serve, "_server_process", lambda *a: started.append(a) or real(*a))
+    real = loadtest._server_process
+    monkeypatch.setattr(loadtest, "_server_process", lambda *a: started.append(a) or real(*a))
     results = bench_sweep(model_path, n_requests=30, concurrencies=[1, 3], warmup=3)
     assert len(started) == 1
     assert [r.concurrency for r in results] == [1, 3]
