@@ -155,6 +155,23 @@ def _scale_hint(value: float, p: float) -> str:
     return "the survivors are x / (1 - p)."
 
 
+def _expect_rate_and_scale(
+    ex: str, what: str, dropped: float, survivors: torch.Tensor, p: float, rate_hint: str
+) -> None:
+    """On a tensor of ones: about p of the `what` zeroed, and the survivors 1 / (1 - p)."""
+    if abs(dropped - p) > 0.01:
+        raise failure(
+            ex, f"p={p}: {dropped:.1%} of the {what} were zeroed, expected about {p:.0%}", rate_hint
+        )
+    if not torch.allclose(survivors, torch.full_like(survivors, 1 / (1 - p))):
+        value = survivors[0].item() if len(survivors) else float("nan")
+        raise failure(
+            ex,
+            f"p={p}: kept {what} of a tensor of ones are {value:.3f}, expected {1 / (1 - p):.3f}",
+            _scale_hint(value, p),
+        )
+
+
 # --- 4.1 ---------------------------------------------------------------------------------------
 
 
@@ -187,21 +204,15 @@ def check_dropout_module(cls: Callable[[float], nn.Module]) -> None:
                     f"p={p}: {dropped:.1%} of the elements were zeroed",
                     "p is the probability to *drop*: keep an element when rand >= p.",
                 )
-            if abs(dropped - p) > 0.01:
-                raise failure(
-                    ex,
-                    f"p={p}: {dropped:.1%} of the elements were zeroed, expected about {p:.0%}",
-                    "zero each element independently with probability p: "
-                    "mask = torch.rand_like(x) >= p.",
-                )
-            if not torch.allclose(kept, torch.full_like(kept, 1 / (1 - p))):
-                value = kept[0].item() if len(kept) else float("nan")
-                raise failure(
-                    ex,
-                    f"p={p}: kept elements of a tensor of ones are {value:.3f}, expected "
-                    f"{1 / (1 - p):.3f}",
-                    _scale_hint(value, p),
-                )
+            _expect_rate_and_scale(
+                ex,
+                "elements",
+                dropped,
+                kept,
+                p,
+                "zero each element independently with probability p: "
+                "mask = torch.rand_like(x) >= p.",
+            )
         module = _build(ex, cls, 0.5).train()
         leaf = x.clone().requires_grad_(True)
         out = _forward(ex, module, leaf, "p=0.5 with requires_grad", 2)
@@ -325,21 +336,14 @@ def check_channel_dropout(cls: Callable[[float], nn.Module]) -> None:
                 "one draw per image *and* channel: torch.rand(N, C, 1, 1) >= p.",
             )
         dropped_share = (kept == 0).float().mean().item()
-        if abs(dropped_share - p) > 0.01:
-            raise failure(
-                ex,
-                f"p={p}: {dropped_share:.1%} of the channels were zeroed, expected about {p:.0%}",
-                "drop each channel with probability p: keep it when rand >= p.",
-            )
-        survivors = kept[kept != 0]
-        if not torch.allclose(survivors, torch.full_like(survivors, 1 / (1 - p))):
-            value = survivors[0].item() if len(survivors) else float("nan")
-            raise failure(
-                ex,
-                f"p={p}: kept channels of a tensor of ones are {value:.3f}, expected "
-                f"{1 / (1 - p):.3f}",
-                _scale_hint(value, p),
-            )
+        _expect_rate_and_scale(
+            ex,
+            "channels",
+            dropped_share,
+            kept[kept != 0],
+            p,
+            "drop each channel with probability p: keep it when rand >= p.",
+        )
         module = _build(ex, cls, 0.5).train()
         a = _forward(ex, module, x, "p=0.5, call 1", 3)
         if not torch.allclose(a[a != 0], (x / 0.5)[a != 0]):
