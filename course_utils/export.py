@@ -5,7 +5,14 @@
 - :func:`export_model` runs ``torch.export.export`` with a declared dynamic batch dimension;
 - :func:`save_torchscript` / :func:`load_torchscript` and :func:`save_exported` /
   :func:`load_exported` write atomically with a SHA-256 next to the file, and turn a missing,
-  truncated or corrupted file into one clear :class:`ModelFileError`;
+  truncated or corrupted file into one clear :class:`ModelFileError` (the file plumbing lives in
+  :mod:`course_utils.artefacts`, which the torch-free server also uses);
+- :func:`export_onnx` runs ``torch.onnx.export(..., dynamo=True)`` with a dynamic batch dimension
+  and saves the ``.onnx`` the same way; :func:`load_onnx` checks it and opens an ONNX Runtime
+  ``InferenceSession``, and :func:`run_onnx` calls one on a tensor;
+- :func:`export_dir` is where chapter 8 writes its files and chapter 9 (and the book's "Try the
+  model" page) read them: ``checkpoints/08_export[_quick]/`` (``$COURSE_CHECKPOINT_DIR``
+  overrides ``checkpoints/``), holding ``fashion_cnn.pt2`` and ``fashion_cnn.onnx``;
 - :func:`max_abs_diff` measures parity, :func:`run_in_fresh_process` loads a saved model in a new
   Python process that cannot import the course's code, and :func:`measure_latency` times a call
   with repeats (median and spread);
@@ -14,9 +21,8 @@
 
 from __future__ import annotations
 
-import hashlib
+import inspect
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,13 +33,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from .artefacts import ModelFileError, save_atomically, sha256_of, verified
 from .data import MEAN, STD
 from .models import FashionCNN
+from .train import checkpoint_path
+
+if TYPE_CHECKING:  # onnxruntime is imported when a session is opened, not with this module
+    import onnxruntime
 
 __all__ = [
     "FreshProcessResult",
@@ -41,13 +53,19 @@ __all__ = [
     "LatencyStats",
     "ModelFileError",
     "ScriptableFashionCNN",
+    "ONNX_INPUT",
+    "ONNX_OUTPUT",
+    "export_dir",
     "export_model",
+    "export_onnx",
     "load_exported",
+    "load_onnx",
     "load_torchscript",
     "make_scriptable",
     "max_abs_diff",
     "measure_latency",
     "run_in_fresh_process",
+    "run_onnx",
     "save_exported",
     "save_torchscript",
     "sha256_of",
@@ -117,51 +135,66 @@ def export_model(
     return torch.export.export(model, (example,), dynamic_shapes=shapes)
 
 
+ONNX_INPUT = "images"
+"""Name of the ONNX graph's input: ``float32 [batch, 1, 28, 28]``, normalised like training."""
+ONNX_OUTPUT = "logits"
+"""Name of the ONNX graph's output: ``float32 [batch, 10]``."""
+
+
+def export_dir(quick: bool = False) -> Path:
+    """Where chapter 8 saves its deployable files (and chapter 9 and the book read them).
+
+    ``checkpoints/08_export/`` (``08_export_quick/`` for a quick run) at the repository root, or
+    under ``$COURSE_CHECKPOINT_DIR``: ``fashion_cnn.pt2`` and ``fashion_cnn.onnx``, each with its
+    ``.sha256``. It is the folder beside chapter 8's checkpoint name, so both move together.
+    """
+    return checkpoint_path("08_export", quick=quick).with_suffix("")
+
+
+def export_onnx(
+    model: nn.Module, example: torch.Tensor, path: str | Path, max_batch: int = 4096
+) -> Path:
+    """``torch.onnx.export(..., dynamo=True)`` with a dynamic batch, saved atomically + SHA-256.
+
+    The graph's input is named :data:`ONNX_INPUT` and its output :data:`ONNX_OUTPUT`; dimension
+    0 of both is the symbolic ``batch`` (1 to ``max_batch``), the others are fixed by
+    ``example``. The weights are stored inside the one ``.onnx`` file.
+
+    Args:
+        model: the module to export, in eval mode.
+        example: one example batch, e.g. ``x[:8]``.
+        path: the file to write; must end in ``.onnx``.
+        max_batch: the largest batch the declared dimension allows.
+    """
+    if Path(path).suffix != ".onnx":
+        raise ValueError(f"ONNX files must end in .onnx, got {Path(path).name!r}")
+    arg = next(iter(inspect.signature(model.forward).parameters))  # "x" for FashionCNN
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        dynamic_shapes={arg: {0: batch}},
+        input_names=[ONNX_INPUT],
+        output_names=[ONNX_OUTPUT],
+        verbose=False,
+    )
+    return save_atomically(program.save, path)
+
+
 # --- files ----------------------------------------------------------------------------------------
-
-
-class ModelFileError(RuntimeError):
-    """A saved model file is missing, truncated, corrupted, or not the expected format."""
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _save_atomically(write: Callable[[Path], None], path: str | Path) -> Path:
-    """Write with ``write(tmp)``, record the SHA-256 beside it, then rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the suffix: torch.export.save/load insist on ".pt2".
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        _checksum_path(path).write_text(f"{sha256_of(tmp)}  {path.name}\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_torchscript(module: torch.jit.ScriptModule, path: str | Path) -> Path:
     """Save a scripted or traced module atomically, with ``<path>.sha256`` beside it."""
-    return _save_atomically(module.save, path)
+    return save_atomically(module.save, path)
 
 
 def save_exported(program: torch.export.ExportedProgram, path: str | Path) -> Path:
     """Save an ``ExportedProgram`` (the path must end in ``.pt2``) atomically, with a SHA-256."""
     if Path(path).suffix != ".pt2":
         raise ValueError(f"torch.export files must end in .pt2, got {Path(path).name!r}")
-    return _save_atomically(lambda tmp: torch.export.save(program, tmp), path)
+    return save_atomically(lambda tmp: torch.export.save(program, tmp), path)
 
 
 @contextmanager
@@ -176,26 +209,6 @@ def _quiet_torch_export_log() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _verified(path: str | Path, what: str) -> Path:
-    """``path`` after checking it exists and matches its recorded SHA-256 (if one was saved)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{what} file {path} does not exist; save the model first")
-    if path.stat().st_size == 0:
-        raise ModelFileError(f"{what} file {path} is empty: the save was interrupted; save again")
-    checksum = _checksum_path(path)
-    if checksum.is_file():
-        expected = checksum.read_text().split()[0]
-        actual = sha256_of(path)
-        if actual != expected:
-            raise ModelFileError(
-                f"{what} file {path} does not match its recorded SHA-256 ({checksum.name}): "
-                f"expected {expected[:12]}…, got {actual[:12]}…; the file was truncated or "
-                "corrupted after saving: save it again or copy it again"
-            )
-    return path
-
-
 def load_torchscript(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> torch.jit.ScriptModule:
@@ -205,7 +218,7 @@ def load_torchscript(
         ModelFileError: the file is missing, empty, does not match its ``.sha256``, or is not a
             readable TorchScript archive (truncated, corrupted, or another format).
     """
-    path = _verified(path, "TorchScript")
+    path = verified(path, "TorchScript")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # the deprecation, shown in chapter 8
@@ -225,7 +238,7 @@ def load_exported(path: str | Path) -> torch.export.ExportedProgram:
         ModelFileError: the file is missing, empty, does not match its ``.sha256``, or is not a
             readable ``.pt2`` archive (truncated, corrupted, or another format).
     """
-    path = _verified(path, "torch.export")
+    path = verified(path, "torch.export")
     if path.suffix != ".pt2":
         raise ModelFileError(f"torch.export files end in .pt2; {path.name} does not")
     try:
@@ -237,6 +250,43 @@ def load_exported(path: str | Path) -> torch.export.ExportedProgram:
             f"{str(err).splitlines()[0][:160]}); it is truncated, corrupted, or not a file "
             "written by torch.export.save (a TorchScript file needs load_torchscript)"
         ) from err
+
+
+def load_onnx(
+    path: str | Path, require_sidecar: bool = False, threads: int | None = None
+) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session (CPU) for ``path``, after its SHA-256 check.
+
+    Args:
+        path: a ``.onnx`` file, e.g. from :func:`export_onnx`.
+        require_sidecar: refuse a file without ``<path>.sha256`` (what a server should do).
+        threads: ONNX Runtime's intra-op threads; ``None`` lets it choose.
+
+    Raises:
+        ModelFileError: the file is missing, empty, has no sidecar (when required), does not
+            match it, or is not a model ONNX Runtime can load.
+    """
+    import onnxruntime
+
+    path = verified(path, "ONNX", require_sidecar=require_sidecar)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: no warnings about unused initialisers
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelFileError(
+            f"ONNX file {path} could not be loaded ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:160]}); it is truncated, corrupted, or not an ONNX "
+            "model: export it again with export_onnx"
+        ) from err
+
+
+def run_onnx(session: onnxruntime.InferenceSession, x: torch.Tensor) -> torch.Tensor:
+    """``session.run`` on a CPU float32 batch, the output as a tensor (for parity and timing)."""
+    feed = {session.get_inputs()[0].name: x.detach().cpu().numpy().astype(np.float32)}
+    return torch.from_numpy(session.run(None, feed)[0])
 
 
 # --- parity -------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -9,18 +11,25 @@ import pytest
 import torch
 
 from course_utils.export import (
+    ONNX_INPUT,
+    ONNX_OUTPUT,
     InvertIfBright,
     LatencyStats,
     ModelFileError,
+    export_dir,
     export_model,
+    export_onnx,
     load_exported,
+    load_onnx,
     load_torchscript,
     make_scriptable,
     max_abs_diff,
     measure_latency,
     run_in_fresh_process,
+    run_onnx,
     save_exported,
     save_torchscript,
+    sha256_of,
 )
 from course_utils.models import FashionCNN
 
@@ -202,3 +211,80 @@ def test_measure_latency_reports_median_and_spread() -> None:
     assert slow.median_ms > fast.median_ms
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(lambda x: None, torch.zeros(1), repeats=0)
+
+
+# --- ONNX -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model: FashionCNN, batch: torch.Tensor, tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("onnxruntime")
+    return export_onnx(model, batch, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def test_onnx_export_has_a_sidecar_a_dynamic_batch_and_parity(
+    model: FashionCNN, onnx_file: Path
+) -> None:
+    sidecar = onnx_file.with_name("model.onnx.sha256")
+    assert sidecar.read_text().split() == [sha256_of(onnx_file), "model.onnx"]
+    session = load_onnx(onnx_file, require_sidecar=True)
+    (graph_input,) = session.get_inputs()
+    assert graph_input.name == ONNX_INPUT and session.get_outputs()[0].name == ONNX_OUTPUT
+    assert isinstance(graph_input.shape[0], str) and graph_input.shape[1:] == [1, 28, 28]
+    for n in (1, 5, 33):  # 5 is the example's batch size; 1 and 33 need the dynamic dimension
+        x = torch.randn(n, 1, 28, 28)
+        assert run_onnx(session, x).shape == (n, 10)
+        assert max_abs_diff(model, lambda x: run_onnx(session, x), x) <= 1e-4
+
+
+def test_onnx_file_loads_without_torch_or_the_course(onnx_file: Path, model: FashionCNN) -> None:
+    """The deployment story: onnxruntime + numpy alone, in a process that cannot import torch."""
+    x = torch.randn(3, 1, 28, 28)
+    script = (
+        "import sys; sys.modules['torch'] = sys.modules['course_utils'] = None\n"
+        "import numpy as np, onnxruntime as ort\n"
+        f"s = ort.InferenceSession({str(onnx_file)!r}, providers=['CPUExecutionProvider'])\n"
+        f"x = np.array({x.tolist()!r}, dtype=np.float32)\n"
+        "print(repr(s.run(None, {s.get_inputs()[0].name: x})[0].tolist()))\n"
+    )
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    y = torch.tensor(eval(done.stdout))  # noqa: S307 - our own subprocess's repr of a list
+    assert max_abs_diff(model, lambda _: y, x) <= 1e-4
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped bytes in the weights", "empty", "garbage"])
+def test_damaged_onnx_file_gives_a_clear_error(how: str, onnx_file: Path, tmp_path: Path) -> None:
+    copy = tmp_path / onnx_file.name
+    copy.write_bytes(onnx_file.read_bytes())
+    damage(copy, how)
+    if how == "flipped bytes in the weights":
+        load_onnx(copy)  # without a sidecar this loads silently: why the sidecar exists
+    else:
+        with pytest.raises(ModelFileError, match="could not be loaded|interrupted"):
+            load_onnx(copy)  # no sidecar: ONNX Runtime's own parser catches it
+    Path(f"{copy}.sha256").write_text(Path(f"{onnx_file}.sha256").read_text())
+    with pytest.raises(ModelFileError, match="SHA-256|interrupted"):
+        load_onnx(copy)
+
+
+def test_onnx_sidecar_required_and_suffix_checked(
+    model: FashionCNN, batch: torch.Tensor, onnx_file: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / onnx_file.name
+    copy.write_bytes(onnx_file.read_bytes())
+    load_onnx(copy)  # accepted unchecked without require_sidecar
+    with pytest.raises(ModelFileError, match="no model.onnx.sha256"):
+        load_onnx(copy, require_sidecar=True)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_onnx(tmp_path / "nothing.onnx")
+    with pytest.raises(ValueError, match=r"\.onnx"):
+        export_onnx(model, batch, tmp_path / "model.pt")
+
+
+def test_export_dir_is_the_checkpoint_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path))
+    assert export_dir() == tmp_path / "08_export"
+    assert export_dir(quick=True) == tmp_path / "08_export_quick"
