@@ -20,15 +20,24 @@ input                           policy
 missing root / root is a file   ``FileNotFoundError`` / ``NotADirectoryError`` at once
 numbered folders out of order   ``ValueError`` at once (``10_x`` sorted before ``2_y``)
 hidden file or folder (``.*``)  ignored (``.DS_Store``, ``._x.png``); listed in the report
-file without ``.png`` suffix    ignored (a ``notes.txt``); listed in the report
+file without ``.png`` suffix    ignored (a ``notes.txt``, the root's ``labels.csv``); listed
+``.png`` file at the root       bad file (it has no class): skipped or raised, per ``on_error``
+folder inside a class folder    bad folder: skipped or raised (``ImageFolder`` would read it
+                                recursively and give its files the class's label)
 empty class folder              kept as a class (labels stay stable); listed in the report
+class whose every file is bad   kept as a class, like an empty one; listed in the report
 truncated PNG                   bad file: skipped or raised, per ``on_error``
 non-image named ``.png``        bad file: skipped or raised
-another format named ``.png``   bad file (a JPEG is not a PNG): skipped or raised
-wrong size                      bad file (never resized silently): skipped or raised
+another format named ``.png``   bad file (a JPEG or EPS is not a PNG): skipped or raised; only
+                                Pillow's PNG parser ever reads a file (``formats=["PNG"]``)
+broken symbolic link            bad file: skipped or raised (a valid link is followed)
+decompression bomb              bad file: more than ``max_pixels`` pixels, read from the header
+                                before any pixel is decoded; skipped or raised
+wrong size                      bad file (never resized silently), checked before decoding
 RGBA / LA                       converted: composited over black (transparent = background)
 palette (P), RGB, 1-bit         converted to 8-bit grey (ITU-R 601-2 luma)
 16-bit grey (I;16)              converted: divided by 257, so 65535 → 255 (not clipped)
+no usable image at all          ``FileNotFoundError`` naming what was found instead
 ==============================  ==============================================================
 
 Everything the dataset holds is plain data, so it pickles and works with ``num_workers > 0``.
@@ -36,8 +45,13 @@ Everything the dataset holds is plain data, so it pickles and works with ``num_w
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import stat
+import struct
+import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +66,7 @@ from torch.utils.data import Dataset
 from .data import CLASSES, FashionMNISTTensors, standard_transform
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "BadImageError",
     "PNGFolder",
     "Skipped",
@@ -62,7 +77,25 @@ __all__ = [
     "make_bad_examples",
     "read_png_cv2",
     "read_png_pil",
+    "write_decompression_bomb",
 ]
+
+DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 megapixels, checked from the header before decoding
+
+# How other formats begin: a file named .png that starts like this is named in the error. Only
+# these bytes are looked at; Pillow's parsers for these formats never see the file.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"RIFF", "RIFF (WebP?)"),
+)
 
 
 class BadImageError(ValueError):
@@ -153,32 +186,87 @@ def export_image_folder(
     return frame
 
 
-def load_grey(path: str | Path, expected_size: tuple[int, int] | None = (28, 28)) -> Image.Image:
+def load_grey(
+    path: str | Path,
+    expected_size: tuple[int, int] | None = (28, 28),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
     """Open ``path`` as an 8-bit grey (mode ``L``) PIL image, following the module's policy.
 
+    Only Pillow's PNG parser reads the file (``formats=["PNG"]``), and the size is checked from
+    the header before any pixel is decoded: a small file that claims 30000×30000 pixels (a
+    decompression bomb) or the wrong size costs nothing.
+
     Raises:
-        BadImageError: unreadable, truncated, not a PNG, an unsupported mode or the wrong size;
-            the message names the file and the reason.
+        BadImageError: missing (a broken link), not a regular file, not a PNG, too large,
+            unreadable, truncated, an unsupported mode or the wrong size; the message names the
+            file and the reason.
     """
     path = Path(path)
+    _check_regular_file(path)
     try:
-        with Image.open(path) as img:
-            fmt = img.format
-            img.load()  # decodes the pixels: a truncated file fails here, not at open()
-            image = img.copy()
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 megapixels; such a file is refused below, with its name.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=["PNG"]) as img:
+                _check_size(path, img.size, expected_size, max_pixels)
+                img.load()  # decodes the pixels: a truncated file fails here, not at open()
+                image = img.copy()
+    except Image.DecompressionBombError as err:  # Pillow's own guard, above ~179 megapixels
+        raise BadImageError(f"{path}: too large, not decoded ({err})") from None
     except UnidentifiedImageError:
-        raise BadImageError(f"{path}: not an image file (PIL cannot identify it)") from None
-    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(f"{path}: {_not_png_reason(path)}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise BadImageError(f"{path}: unreadable or truncated image ({err})") from None
-    if fmt != "PNG":
-        raise BadImageError(f"{path}: the file is {fmt}, not PNG, despite its name")
-    if expected_size is not None and image.size[::-1] != tuple(expected_size):
-        w, h = image.size
+    return _to_grey(image, path)
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse a broken link, a missing file and anything that is not a regular file (a FIFO
+    named ``.png`` would block ``open()`` for ever)."""
+    try:
+        mode = path.stat().st_mode  # follows links
+    except FileNotFoundError:
+        if path.is_symlink():
+            target = os.readlink(path)
+            raise BadImageError(f"{path}: broken symbolic link (to {target}, missing)") from None
+        raise BadImageError(f"{path}: file not found (deleted or moved?)") from None
+    except OSError as err:  # a link loop, no permission
+        raise BadImageError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        raise BadImageError(f"{path}: not a regular file (a device, FIFO or socket)")
+
+
+def _check_size(
+    path: Path,
+    size: tuple[int, int],
+    expected_size: tuple[int, int] | None,
+    max_pixels: int,
+) -> None:
+    """The header's size against the pixel budget and ``expected_size``, before decoding."""
+    w, h = size
+    if w * h > max_pixels:
+        raise BadImageError(
+            f"{path}: too large, not decoded: {h}×{w} = {w * h:,} pixels, more than the "
+            f"{max_pixels:,} allowed (a decompression bomb?); pass max_pixels= to allow it"
+        )
+    if expected_size is not None and (h, w) != tuple(expected_size):
         raise BadImageError(
             f"{path}: size {h}×{w}, expected {expected_size[0]}×{expected_size[1]} "
             "(not resized silently; add a Resize transform and expected_size=None to accept it)"
         )
-    return _to_grey(image, path)
+
+
+def _not_png_reason(path: Path) -> str:
+    """Why Pillow's PNG parser refused ``path``, from its first bytes only."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    kind = next((name for magic, name in _SIGNATURES if head.startswith(magic)), None)
+    if kind == "PNG":
+        return "unreadable or truncated image (the PNG header is broken)"
+    if kind is not None:
+        return f"the file is {kind}, not PNG, despite its name (only PNG files are opened)"
+    return "not an image file (no PNG signature)"
 
 
 def _to_grey(image: Image.Image, path: Path) -> Image.Image:
@@ -186,10 +274,11 @@ def _to_grey(image: Image.Image, path: Path) -> Image.Image:
     if mode == "L":
         return image
     if mode in ("I;16", "I;16B", "I;16L", "I"):
-        values = np.asarray(image, dtype=np.int64)
+        values = np.asarray(image)
         if values.min() < 0 or values.max() > 65535:
             raise BadImageError(f"{path}: {mode} values outside 0–65535")
-        return Image.fromarray(np.round(values / 257).astype(np.uint8))
+        # round(v / 257) in integers: v / 257 is never exactly halfway for an integer v
+        return Image.fromarray(((values.astype(np.uint32) + 128) // 257).astype(np.uint8))
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -218,6 +307,12 @@ def read_png_cv2(path: str | Path) -> np.ndarray:
     return image
 
 
+_NESTED = (
+    "a folder inside a class folder: its files are not read (ImageFolder would read them, "
+    "with this class's label); move them into a class folder or out of the root"
+)
+
+
 class PNGFolder(Dataset):
     """The tested reference Dataset over an ImageFolder layout of PNG files.
 
@@ -225,13 +320,19 @@ class PNGFolder(Dataset):
         root: the folder holding one subfolder per class.
         transform: applied to each 8-bit grey PIL image; default ToTensor + Normalize with
             Fashion-MNIST's mean and std.
-        on_error: ``"skip"`` leaves bad files out (see :attr:`report`); ``"raise"`` refuses the
-            folder with a :class:`BadImageError` that lists every bad file.
+        on_error: ``"skip"`` leaves bad files and folders out (see :attr:`report`); ``"raise"``
+            refuses the folder with a :class:`BadImageError` that lists every one of them.
         expected_size: ``(height, width)`` every image must have; ``None`` accepts any size.
+        max_pixels: the most pixels an image may have (read from its header, before decoding).
 
     Attributes:
         classes, class_to_idx, samples, targets: as in ``torchvision.datasets.ImageFolder``.
         report: the :class:`Skipped` entries (path relative to ``root``, and the reason).
+
+    Raises:
+        FileNotFoundError: no class folder, or no usable image in any of them (the message
+            lists what was found instead).
+        BadImageError: with ``on_error="raise"``, any bad file or folder.
     """
 
     def __init__(
@@ -240,6 +341,7 @@ class PNGFolder(Dataset):
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         on_error: Literal["skip", "raise"] = "skip",
         expected_size: tuple[int, int] | None = (28, 28),
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -251,39 +353,69 @@ class PNGFolder(Dataset):
         self.transform = transform if transform is not None else standard_transform()
         self.on_error = on_error
         self.expected_size = expected_size
+        self.max_pixels = max_pixels
         self.report: list[Skipped] = []
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir())
-        self.classes = [p.name for p in folders if not p.name.startswith(".")]
+        entries = sorted(self.root.iterdir())
+        self.classes = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
         if not self.classes:
             raise FileNotFoundError(f"{self.root} has no class folders (expected root/<class>/*)")
         check_numbered_order(self.classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        self.report += [
-            Skipped(p.name, "hidden folder: ignored") for p in folders if p.name[0] == "."
-        ]
         bad: list[Skipped] = []
+        for path in entries:
+            if path.name in self.class_to_idx:
+                continue
+            if path.name.startswith("."):
+                kind = "folder" if path.is_dir() else "file"
+                self.report.append(Skipped(path.name, f"hidden {kind}: ignored"))
+            elif path.suffix.lower() == ".png":
+                bad.append(Skipped(path.name, "a .png at the root, outside any class folder"))
+            else:
+                self.report.append(Skipped(path.name, "not a .png file: ignored"))
         self.samples: list[tuple[str, int]] = []
         for name in self.classes:
+            kept, n_bad = len(self.samples), len(bad)
             files = sorted((self.root / name).iterdir())
-            if not files:
-                self.report.append(Skipped(name, "empty class folder: class kept, no images"))
             for path in files:
                 rel = path.relative_to(self.root).as_posix()
                 if path.name.startswith("."):
-                    self.report.append(Skipped(rel, "hidden file: ignored"))
-                elif not path.is_file() or path.suffix.lower() != ".png":
+                    kind = "folder" if path.is_dir() else "file"
+                    self.report.append(Skipped(rel, f"hidden {kind}: ignored"))
+                elif path.is_dir():
+                    bad.append(Skipped(rel, _NESTED))
+                elif path.suffix.lower() != ".png":
                     self.report.append(Skipped(rel, "not a .png file: ignored"))
                 else:
                     try:
-                        load_grey(path, expected_size)
+                        load_grey(path, expected_size, max_pixels)
                     except BadImageError as err:
-                        bad.append(Skipped(rel, str(err).split(": ", 1)[1]))
+                        bad.append(Skipped(rel, str(err).removeprefix(f"{path}: ")))
                     else:
                         self.samples.append((str(path), self.class_to_idx[name]))
+            if len(self.samples) == kept:
+                why = "every .png in it is bad" if len(bad) > n_bad else "no .png file in it"
+                why = why if files else "empty class folder"
+                self.report.append(Skipped(name, f"{why}: class kept, no images"))
+        folders = [s for s in bad if s.reason == _NESTED]
         if bad and on_error == "raise":
             listed = "\n  ".join(f"{s.path}: {s.reason}" for s in bad)
-            raise BadImageError(f"{len(bad)} bad file(s) under {self.root}:\n  {listed}")
-        self.report += [Skipped(s.path, f"bad file, skipped: {s.reason}") for s in bad]
+            counted = f"{len(bad) - len(folders)} bad file(s)"
+            counted += f" and {len(folders)} bad folder(s)" if folders else ""
+            raise BadImageError(
+                f"{counted} under {self.root}:\n  {listed}\n"
+                "Fix or remove them, or pass on_error='skip' to leave them out (see .report)."
+            )
+        self.report += [
+            Skipped(s.path, f"bad {'folder' if s in folders else 'file'}, skipped: {s.reason}")
+            for s in bad
+        ]
+        if not self.samples:
+            listed = "\n  ".join(f"{s.path}: {s.reason}" for s in self.report[:10])
+            more = f"\n  … and {len(self.report) - 10} more" if len(self.report) > 10 else ""
+            raise FileNotFoundError(
+                f"no usable image under {self.root} (expected root/<class>/*.png); "
+                f"found instead:\n  {listed}{more}"
+            )
         self.targets = [label for _, label in self.samples]
 
     def __len__(self) -> int:
@@ -292,11 +424,36 @@ class PNGFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         # A file that changed after the scan still fails with its name, also inside a worker.
-        return self.transform(load_grey(path, self.expected_size)), label
+        return self.transform(load_grey(path, self.expected_size, self.max_pixels)), label
 
     def report_frame(self) -> pd.DataFrame:
         """The report as a table with columns ``path`` and ``reason``."""
         return pd.DataFrame([(s.path, s.reason) for s in self.report], columns=["path", "reason"])
+
+
+def write_decompression_bomb(path: str | Path, width: int = 30000, height: int = 30000) -> int:
+    """Write a black 1-bit PNG of ``width`` × ``height`` pixels, tiny on disk, and return its
+    size in bytes: a decompression bomb (30000×30000 is about 110 KB on disk, 900 MB once Pillow
+    decodes it). Written chunk by chunk; no pixel array is ever built.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    data += chunk(b"IDAT", _black_rows(width, height)) + chunk(b"IEND", b"")
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+@functools.lru_cache(maxsize=4)
+def _black_rows(width: int, height: int) -> bytes:
+    """The zlib stream of ``height`` 1-bit rows of zeros, each with its filter byte."""
+    row, compressor = bytes(1 + (width + 7) // 8), zlib.compressobj(9)
+    parts = [compressor.compress(row * min(1000, height - i)) for i in range(0, height, 1000)]
+    return b"".join(parts) + compressor.flush()
 
 
 def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
@@ -308,7 +465,8 @@ def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
 
     Returns:
         ``{file name: expected outcome}``, where the outcome is ``"ok"`` (accepted, converted),
-        ``"bad"`` (skipped or raised per ``on_error``) or ``"ignored"``.
+        ``"bad"`` (skipped or raised per ``on_error``) or ``"ignored"``. The broken link is left
+        out where the system cannot make symbolic links.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -321,6 +479,13 @@ def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
     (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
     (folder / "._good.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
     grey.convert("RGB").save(folder / "as_jpeg.png", format="JPEG")
+    (folder / "as_eps.png").write_text(
+        "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n"
+        "newpath 4 4 moveto 24 24 lineto stroke showpage\n%%EOF\n"
+    )
+    write_decompression_bomb(folder / "bomb.png")
+    (folder / "subfolder").mkdir(exist_ok=True)
+    grey.save(folder / "subfolder" / "nested.png")
     rgba = np.zeros((28, 28, 4), dtype=np.uint8)
     rgba[..., :3] = good[..., None]
     rgba[..., 3] = 255
@@ -328,7 +493,7 @@ def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
     Image.fromarray(good.astype(np.uint16) * 257).save(folder / "sixteen_bit.png")
     grey.convert("P").save(folder / "palette.png")
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(folder / "wrong_size.png")
-    return {
+    expected = {
         "good.png": "ok",
         "truncated.png": "bad",
         "not_an_image.png": "bad",
@@ -336,8 +501,16 @@ def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
         ".DS_Store": "ignored",
         "._good.png": "ignored",
         "as_jpeg.png": "bad",
+        "as_eps.png": "bad",
+        "bomb.png": "bad",
+        "subfolder": "bad",
         "rgba.png": "ok",
         "sixteen_bit.png": "ok",
         "palette.png": "ok",
         "wrong_size.png": "bad",
     }
+    try:
+        (folder / "broken_link.png").symlink_to("deleted_original.png")
+    except (OSError, NotImplementedError):  # Windows without the privilege
+        return expected
+    return {**expected, "broken_link.png": "bad"}

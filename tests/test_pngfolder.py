@@ -17,6 +17,7 @@ from course_utils.data import CLASSES, MEAN, STD, FashionMNISTTensors, standard_
 from course_utils.pngfolder import (
     BadImageError,
     PNGFolder,
+    Skipped,
     check_numbered_order,
     class_folder_name,
     export_image_folder,
@@ -24,6 +25,7 @@ from course_utils.pngfolder import (
     make_bad_examples,
     read_png_cv2,
     read_png_pil,
+    write_decompression_bomb,
 )
 
 
@@ -95,7 +97,7 @@ def test_parity_with_imagefolder(exported: Path) -> None:
         (x, y), (x_ref, y_ref) = ours[i], ref[i]
         assert y == y_ref
         assert torch.equal(x, x_ref)
-    assert ours.report == []
+    assert ours.report == [Skipped("labels.csv", "not a .png file: ignored")]
 
 
 def test_labels_match_the_csv_and_the_pixels_the_source(
@@ -224,12 +226,18 @@ def test_skip_policy_reports_every_bad_file(bad_root: tuple[Path, dict[str, str]
     assert kept == {n for n, o in expected.items() if o == "ok"} | {"a.png"}
     for name, outcome in expected.items():
         if outcome == "bad":
-            assert reasons[name].startswith("bad file, skipped"), name
+            kind = "folder" if (root / "0_mixed" / name).is_dir() else "file"
+            assert reasons[name].startswith(f"bad {kind}, skipped"), name
         elif outcome == "ignored":
             assert "ignored" in reasons[name], name
     assert "truncated" in reasons["truncated.png"]
     assert "not an image" in reasons["not_an_image.png"]
     assert "JPEG, not PNG" in reasons["as_jpeg.png"]
+    assert "EPS, not PNG" in reasons["as_eps.png"]
+    assert "too large, not decoded" in reasons["bomb.png"]
+    assert "folder inside a class folder" in reasons["subfolder"]
+    assert "nested.png" not in kept
+    assert "broken symbolic link" in reasons.get("broken_link.png", "broken symbolic link")
     assert "size 32×32, expected 28×28" in reasons["wrong_size.png"]
     assert reasons[".DS_Store"] == "hidden file: ignored"
     assert reasons["._good.png"] == "hidden file: ignored"  # macOS AppleDouble, PNG-named
@@ -262,7 +270,9 @@ def test_raise_policy_lists_every_bad_file(bad_root: tuple[Path, dict[str, str]]
     with pytest.raises(BadImageError) as err:
         PNGFolder(root, on_error="raise")
     message = str(err.value)
-    assert message.startswith("4 bad file(s)")
+    n_bad = sum(outcome == "bad" for outcome in expected.values())
+    assert message.startswith(f"{n_bad - 1} bad file(s) and 1 bad folder(s)")  # subfolder/
+    assert "on_error='skip'" in message  # says what to do
     for name, outcome in expected.items():
         assert (name in message) == (outcome == "bad"), name
 
@@ -329,3 +339,137 @@ def test_a_bad_file_in_a_worker_is_reported_with_its_path(exported: Path) -> Non
     path.write_bytes(b"not a png")
     with pytest.raises(BadImageError, match=path.name):
         list(DataLoader(ds, batch_size=4, num_workers=2))
+
+
+# --- hostile or misplaced input: skipped or raised per on_error, named in the report ------------
+
+
+@pytest.fixture
+def one_class(tmp_path: Path, small: FashionMNISTTensors) -> Path:
+    """``root/00_a/good.png`` and ``root/01_b/good.png``: a clean folder to add one problem to."""
+    for label in range(2):
+        (tmp_path / f"0{label}_c").mkdir()
+        Image.fromarray(small.images[label].numpy()).save(tmp_path / f"0{label}_c" / "good.png")
+    return tmp_path
+
+
+def _skipped_and_raised(root: Path, rel: str, words: str, **kwargs: object) -> PNGFolder:
+    """Build ``root`` both ways: skipped, ``rel`` is in the report with ``words``; raised, the
+    error names ``rel`` with ``words``. Returns the skipping dataset."""
+    ds = PNGFolder(root, on_error="skip", **kwargs)  # type: ignore[arg-type]
+    reasons = {s.path: s.reason for s in ds.report}
+    assert rel in reasons, f"{rel} not in the report {reasons}"
+    assert words in reasons[rel] and reasons[rel].startswith("bad "), reasons[rel]
+    assert all(Path(p).relative_to(root).as_posix() != rel for p, _ in ds.samples)
+    with pytest.raises(BadImageError) as err:
+        PNGFolder(root, on_error="raise", **kwargs)  # type: ignore[arg-type]
+    assert f"{rel}: " in str(err.value) and words in str(err.value)
+    return ds
+
+
+def test_decompression_bomb_is_refused_by_name(one_class: Path) -> None:
+    """30000×30000 pixels in ~110 KB: Pillow's own guard raises inside ``Image.open``, which
+    used to escape the constructor without a file name, even with ``on_error="skip"``."""
+    size = write_decompression_bomb(one_class / "00_c" / "bomb.png")
+    assert size < 200_000
+    for expected_size in [(28, 28), None]:
+        ds = _skipped_and_raised(
+            one_class, "00_c/bomb.png", "too large, not decoded", expected_size=expected_size
+        )
+        assert len(ds) == 2
+
+
+def test_size_is_checked_from_the_header_before_decoding(one_class: Path) -> None:
+    """Files that hold only a header (no pixel data at all): decoding them would fail as
+    truncated, so "too large" and "size …" prove nothing was decoded. 5000×5000 is below
+    Pillow's guard (~89 megapixels), so the course's own budget is what refuses it."""
+    for name, (w, h) in {"big.png": (5000, 5000), "small.png": (32, 32)}.items():
+        full = write_decompression_bomb(one_class / "01_c" / name, w, h)
+        data = (one_class / "01_c" / name).read_bytes()
+        (one_class / "01_c" / name).write_bytes(data[:33] + data[full - 12 :])  # IHDR + IEND
+    _skipped_and_raised(one_class, "01_c/big.png", "5000×5000 = 25,000,000 pixels, more than")
+    _skipped_and_raised(one_class, "01_c/small.png", "size 32×32, expected 28×28")
+    ds = PNGFolder(one_class, expected_size=None, max_pixels=26_000_000)
+    reasons = {s.path: s.reason for s in ds.report}
+    assert "truncated" in reasons["01_c/big.png"]  # allowed: now it is decoded, and fails
+
+
+def test_other_formats_named_png_never_reach_their_parser(
+    one_class: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only Pillow's PNG parser may read a file (``formats=["PNG"]``): an EPS would otherwise be
+    handed to Ghostscript. Every other parser is replaced by a spy that records its calls."""
+    folder = one_class / "00_c"
+    grey = Image.open(folder / "good.png")
+    grey.save(folder / "as_gif.png", format="GIF")
+    grey.save(folder / "as_bmp.png", format="BMP")
+    grey.save(folder / "as_tiff.png", format="TIFF")
+    grey.convert("RGB").save(folder / "as_jpeg.png", format="JPEG")
+    (folder / "as_eps.png").write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n")
+    called: list[str] = []
+
+    def spy(fmt: str):  # noqa: ANN202
+        def factory(*args: object) -> None:
+            called.append(fmt)
+            raise SyntaxError(f"{fmt} parser ran")
+
+        return factory
+
+    Image.init()
+    for fmt, (_, accept) in list(Image.OPEN.items()):
+        if fmt != "PNG":
+            monkeypatch.setitem(Image.OPEN, fmt, (spy(fmt), accept))
+    for name, kind in [("gif", "GIF"), ("bmp", "BMP"), ("tiff", "TIFF"), ("jpeg", "JPEG")]:
+        _skipped_and_raised(one_class, f"00_c/as_{name}.png", f"the file is {kind}, not PNG")
+    _skipped_and_raised(one_class, "00_c/as_eps.png", "the file is EPS, not PNG")
+    assert called == []
+
+
+def test_a_folder_inside_a_class_folder(one_class: Path) -> None:
+    nested = one_class / "00_c" / "more"
+    nested.mkdir()
+    (nested / "x.png").write_bytes((one_class / "00_c" / "good.png").read_bytes())
+    ds = _skipped_and_raised(one_class, "00_c/more", "folder inside a class folder")
+    assert ds.report[-1].reason.startswith("bad folder, skipped")
+    # ImageFolder walks into it and gives its files the class's label: not silently here.
+    assert any(p.endswith("more/x.png") for p, _ in datasets.ImageFolder(one_class).samples)
+
+
+def test_a_png_at_the_root_has_no_class(one_class: Path) -> None:
+    (one_class / "stray.png").write_bytes((one_class / "00_c" / "good.png").read_bytes())
+    (one_class / "README.md").write_text("not data\n")
+    ds = _skipped_and_raised(one_class, "stray.png", "at the root, outside any class folder")
+    assert Skipped("README.md", "not a .png file: ignored") in ds.report
+    assert "stray.png" not in str(datasets.ImageFolder(one_class).samples)  # silently ignored
+
+
+def test_broken_symbolic_links(one_class: Path) -> None:
+    folder = one_class / "00_c"
+    (folder / "dangling.png").symlink_to("deleted.png")
+    (folder / "linked.png").symlink_to("good.png")  # a valid link is followed, as ImageFolder
+    ds = _skipped_and_raised(one_class, "00_c/dangling.png", "broken symbolic link")
+    assert [Path(p).name for p, _ in ds.samples] == ["good.png", "linked.png", "good.png"]
+    (folder / "good.png").unlink()  # the link breaks after the scan: __getitem__ names it
+    with pytest.raises(BadImageError, match=r"linked\.png: broken symbolic link"):
+        ds[1]
+
+
+def test_a_class_whose_every_image_is_bad(one_class: Path) -> None:
+    (one_class / "01_c" / "good.png").write_bytes(b"broken")
+    (one_class / "01_c" / "half.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    ds = _skipped_and_raised(one_class, "01_c/half.png", "the PNG header is broken")
+    assert ds.classes == ["00_c", "01_c"] and ds.targets == [0]  # labels stay stable
+    assert Skipped("01_c", "every .png in it is bad: class kept, no images") in ds.report
+    assert "01_c/good.png" in {s.path for s in ds.report}
+
+
+def test_no_usable_image_at_all_is_a_clear_error(one_class: Path) -> None:
+    for label in range(2):
+        (one_class / f"0{label}_c" / "good.png").write_bytes(b"")
+    (one_class / "02_c").mkdir()
+    with pytest.raises(FileNotFoundError, match="no usable image") as err:
+        PNGFolder(one_class, on_error="skip")
+    for rel in ["00_c/good.png", "01_c/good.png", "02_c"]:
+        assert f"\n  {rel}: " in str(err.value), rel
+    with pytest.raises(BadImageError, match="2 bad file"):
+        PNGFolder(one_class, on_error="raise")
