@@ -19,6 +19,7 @@ help:
 	@echo "make grade  - run your exercise notebooks in a fresh kernel: a table per task (passed/failed/not started) + _build/grade/grade.json"
 	@echo "make bench  - training-speed benchmark (python -m course_utils.build.bench), table + _build/bench/*.json"
 	@echo "make gpu-run - on a CUDA machine: every notebook in full mode with DEVICE=cuda, then the benchmark"
+	@echo "              (no venv needed; without papermill the notebooks run in process)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,8 +57,13 @@ grade: $(STAMP) data
 bench: $(STAMP) data
 	$(PY) -m course_utils.build.bench
 
-gpu-run: $(STAMP) data
-	DEVICE=cuda $(PY) -m course_utils.build.bench --device cuda --run-notebooks full
+# gpu-run uses the machine's own Python when there is no .venv (a GPU image with its own PyTorch
+# and no network: nothing is installed). Without papermill the notebooks run through the
+# pipeline's fallback runner (nbclient, else in process); GPU_PYTHON=... picks the interpreter.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-run:
+	$(GPU_PYTHON) -m course_utils.data
+	DEVICE=cuda $(GPU_PYTHON) -m course_utils.build.bench --device cuda --run-notebooks full
 
 clean:
 	rm -rf _build

@@ -1,5 +1,9 @@
 """The build pipeline: papermill executes the chapters, jupyter-book renders the executed copies.
 
+Where papermill is missing (a GPU machine's own image), the chapters run through a fallback
+runner instead (nbclient, or a plain in-process runner; see :mod:`.runners`), with the same
+parameters, metrics and execution times; ``--runner`` or ``$COURSE_NOTEBOOK_RUNNER`` forces one.
+
 Sources are never executed in place. Each chapter runs once per build into
 ``_build/executed/<mode>/notebooks/``, then the executable book pages (``book/*.ipynb``: the cheat
 sheet, the results page that reads the chapters' metrics) into ``_build/executed/<mode>/book/``.
@@ -11,11 +15,13 @@ Usage::
 
     python -m course_utils.build.pipeline execute [--quick] [--only 01]
     python -m course_utils.build.pipeline book [--quick] [--reuse]
+    python -m course_utils.build.pipeline execute --quick --only 04 --runner inprocess
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from ..paths import BUILD_DIR, REPO_ROOT
 from .results import record_execution_time
+from .runners import RUNNERS, choose_runner, run_notebook
 
 __all__ = [
     "REPO",
@@ -68,32 +75,39 @@ def executed_path(notebook: Path, quick: bool) -> Path:
 
 
 def execute_notebook(
-    notebook: Path, quick: bool, device: str = "auto", progress: bool = False
+    notebook: Path,
+    quick: bool,
+    device: str = "auto",
+    progress: bool = False,
+    runner: str | None = None,
 ) -> Path:
-    """Run one chapter with papermill (parameters ``QUICK`` and ``DEVICE``) into the build folder.
+    """Run one notebook (parameters ``QUICK`` and ``DEVICE``) into the build folder.
 
-    The notebook runs with its own folder as working directory, exactly as in JupyterLab. Raises
-    papermill's ``PapermillExecutionError`` (which names the failing cell) if a cell fails.
+    The notebook runs with its own folder as working directory, exactly as in JupyterLab.
+    ``runner`` is ``"papermill"``, ``"nbclient"`` or ``"inprocess"`` (default:
+    ``$COURSE_NOTEBOOK_RUNNER``, else the first installed, see :func:`.runners.choose_runner`);
+    the executed copy's metadata ``course_runner`` names it. If a cell fails, the copy is
+    written with the error and the runner's execution error (papermill's
+    ``PapermillExecutionError``, else :class:`.runners.NotebookExecutionError`) is raised.
     """
-    import papermill
-
+    runner = choose_runner(runner)
     out = executed_path(notebook, quick)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with _kernel_environment():
-        papermill.execute_notebook(
-            str(notebook),
-            str(out),
-            parameters={"QUICK": quick, "DEVICE": device},
-            cwd=str(notebook.parent),
-            kernel_name="python3",
-            progress_bar=progress,
-            report_mode=False,
+        run_notebook(
+            notebook,
+            out,
+            {"QUICK": quick, "DEVICE": device},
+            cwd=notebook.parent,
+            runner=runner,
+            progress=progress,
         )
     seconds = time.perf_counter() - start
     _hide_parameter_cells(out, keep_defaults=notebook.parent.name != "book")
     record_execution_time(notebook.stem, seconds, quick)
-    print(f"executed {notebook.name} ({'quick' if quick else 'full'}) in {seconds:.1f} s")
+    mode = "quick" if quick else "full"
+    print(f"executed {notebook.name} ({mode}) with {runner} in {seconds:.1f} s")
     return out
 
 
@@ -101,16 +115,20 @@ def execute_notebook(
 # MPLBACKEND (``import streamlit`` sets it to Agg, and then ``plt.show()`` draws nothing in the
 # kernel); what it must have: TQDM_DISABLE (a progress bar is dead weight on a static page).
 KERNEL_ENV_REMOVED = ("MPLBACKEND",)
+# PYTHONPATH gains the repository root, so a kernel finds course_utils on a machine where the
+# course is not pip-installed (a GPU image run with the fallback runners).
 KERNEL_ENV_SET = {"TQDM_DISABLE": "1"}
 
 
 @contextmanager
 def _kernel_environment() -> Iterator[None]:
     """Set and remove the variables above for the kernels started inside the block."""
-    saved = {k: os.environ.get(k) for k in (*KERNEL_ENV_REMOVED, *KERNEL_ENV_SET)}
+    saved = {k: os.environ.get(k) for k in (*KERNEL_ENV_REMOVED, *KERNEL_ENV_SET, "PYTHONPATH")}
     for key in KERNEL_ENV_REMOVED:
         os.environ.pop(key, None)
     os.environ.update(KERNEL_ENV_SET)
+    paths = [str(REPO), *filter(None, (saved["PYTHONPATH"] or "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     try:
         yield
     finally:
@@ -124,16 +142,14 @@ def _kernel_environment() -> Iterator[None]:
 def _hide_parameter_cells(path: Path, keep_defaults: bool) -> None:
     """Tag papermill's injected-parameters cell ``remove-cell`` (the reader sees the defaults,
     not what the build injected); on reference pages (``keep_defaults=False``) also the
-    parameters cell itself."""
-    import nbformat
-
+    parameters cell itself. (Plain JSON, so it needs no Jupyter package.)"""
     hidden = {"injected-parameters"} if keep_defaults else {"parameters", "injected-parameters"}
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        tags = cell.metadata.setdefault("tags", [])
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
         if hidden & set(tags) and "remove-cell" not in tags:
             tags.append("remove-cell")
-    nbformat.write(nb, path)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def stage_site(quick: bool) -> Path:
@@ -161,6 +177,9 @@ def stage_site(quick: bool) -> Path:
                 f"{' --quick' if quick else ''}` first"
             )
         shutil.copy2(done, site / notebook.parent.name / notebook.name)
+    from .web_model import stage_model  # "Try the model": chapter 8's ONNX file into models/
+
+    stage_model(site, quick)
     return site
 
 
@@ -205,20 +224,20 @@ def is_fresh(notebook: Path, quick: bool) -> bool:
 
 
 def execution_errors(executed: Path) -> list[str]:
-    """The errors recorded in an executed copy: papermill's exception flag and every error
-    output, as ``"ErrorName: message"`` lines (empty: it ran cleanly)."""
-    import nbformat
-
-    nb = nbformat.read(executed, as_version=4)
+    """The errors recorded in an executed copy: every error output, as ``"ErrorName: message"``
+    lines, and papermill's or the fallback runner's exception flag (empty: it ran cleanly)."""
+    nb = json.loads(executed.read_text(encoding="utf-8"))
     errors = [
         f"{out.get('ename', 'Error')}: {out.get('evalue', '')}"
-        for cell in nb.cells
-        if cell.cell_type == "code"
+        for cell in nb["cells"]
+        if cell.get("cell_type") == "code"
         for out in cell.get("outputs", [])
         if out.get("output_type") == "error"
     ]
-    if nb.metadata.get("papermill", {}).get("exception") and not errors:
-        errors.append("papermill recorded an exception")
+    metadata = nb.get("metadata", {})
+    for key in ("papermill", "course_runner"):
+        if metadata.get(key, {}).get("exception") and not errors:
+            errors.append(f"{key} recorded an exception")
     return errors
 
 
@@ -231,6 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="book: reuse executed copies newer than their source"
     )
+    parser.add_argument(
+        "--runner",
+        choices=["auto", *RUNNERS],
+        default=None,
+        help="notebook runner (default: $COURSE_NOTEBOOK_RUNNER, else papermill if installed, "
+        "else nbclient, else inprocess)",
+    )
     args = parser.parse_args(argv)
     quick = args.quick or os.environ.get("QUICK", "") not in ("", "0")
 
@@ -241,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "book" and args.reuse and is_fresh(notebook, quick):
             continue
         start = time.perf_counter()
-        execute_notebook(notebook, quick, args.device, progress=True)
+        execute_notebook(notebook, quick, args.device, progress=True, runner=args.runner)
         timings[notebook.name] = time.perf_counter() - start
     if timings:
         print("execution times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
