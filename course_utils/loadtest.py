@@ -1,13 +1,18 @@
-"""The load benchmark of chapter 9: the API under waitress in a subprocess on a free loopback
-port, requests from client threads, latency percentiles, throughput and errors.
+"""The load benchmarks of chapter 9: the API under waitress in a subprocess on a free loopback
+port, requests from client threads; latency percentiles, throughput, errors and peak memory.
 
-``python -m course_utils.serve bench`` runs :func:`bench`; :func:`bench_sweep` measures several
-concurrencies against one server.
+- :func:`bench` / :func:`bench_sweep`: one model file, one or several concurrencies;
+- :func:`bench_models`: several model files one after the other, in one run (``python -m
+  course_utils.serve bench``), by default the ONNX export and the state_dict checkpoint of the
+  same weights;
+- :func:`bench_memory`: the server's peak resident memory (Linux's ``VmHWM``) while clients send
+  huge 16-bit PNGs (``python -m course_utils.serve bench-memory``).
 """
 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import math
 import os
@@ -17,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,17 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+from PIL import Image
 
-from .data import MEAN, STD
 from .paths import REPO_ROOT
-from .train import load_checkpoint
-from .upload import SIZE, encode_png
+from .upload import SIZE, encode_png, normalise_array
 
 __all__ = [
     "BenchResult",
+    "MemoryReport",
     "bench",
+    "bench_memory",
+    "bench_models",
     "bench_sweep",
+    "default_models",
 ]
 
 
@@ -127,20 +135,37 @@ def _run_load(
     return latencies, sum(e for _, e, _ in results), sum(w for *_, w in results), seconds
 
 
-def _bench_images(n: int = 200) -> tuple[list[bytes], torch.Tensor]:
-    """``n`` Fashion-MNIST test images as PNG bytes (random images if the data is missing)."""
+def _bench_images(n: int = 200) -> tuple[list[bytes], np.ndarray]:
+    """``n`` Fashion-MNIST test images as PNG bytes and as ``uint8 [n, 28, 28]`` (random images
+    if the data is missing)."""
     from .data import DataUnavailableError, load_tensors
 
     try:
-        images = load_tensors()["test"].images[:n]
+        images = load_tensors()["test"].images[:n].numpy()
     except DataUnavailableError:
-        images = torch.randint(0, 256, (n, SIZE, SIZE), dtype=torch.uint8)
+        images = np.random.default_rng(0).integers(0, 256, (n, SIZE, SIZE), dtype=np.uint8)
     return [encode_png(img) for img in images], images
 
 
+def _expected(model_path: Path, images: np.ndarray) -> list[int]:
+    """The model's own predictions on ``images``, loaded the way the server loads it."""
+    from .serve import load_model
+
+    x = np.concatenate([normalise_array(img) for img in images])
+    return load_model(model_path)(x).argmax(1).tolist()
+
+
+@dataclass
+class ServerProcess:
+    """A running ``python -m course_utils.serve serve``: its URL and process id."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def _server_process(model_path: Path, threads: int, timeout: float = 60) -> Iterator[str]:
-    """``python -m course_utils.serve serve`` in a subprocess; yields its URL, stops it on exit."""
+def _server_process(model_path: Path, threads: int, timeout: float = 60) -> Iterator[ServerProcess]:
+    """``python -m course_utils.serve serve`` in a subprocess; yields it, stops it on exit."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "course_utils.serve", "serve", "--model", str(model_path)]
     proc = subprocess.Popen(
@@ -157,7 +182,7 @@ def _server_process(model_path: Path, threads: int, timeout: float = 60) -> Iter
         reader.join(timeout)
         if not line or not line[0].startswith("listening on "):
             raise RuntimeError(f"the server did not start within {timeout} s: {line!r}")
-        yield line[0].split()[-1]
+        yield ServerProcess(line[0].split()[-1], proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -167,6 +192,35 @@ def _server_process(model_path: Path, threads: int, timeout: float = 60) -> Iter
             proc.wait()
         if proc.stdout:
             proc.stdout.close()
+
+
+def default_models(scratch: Path) -> dict[str, Path]:
+    """The ONNX export and the state_dict checkpoint of the same weights, to compare.
+
+    The weights are chapter 1's checkpoint (full, else quick), or an untrained model saved in
+    ``scratch`` (latency does not depend on the weights); the ``.onnx`` is chapter 8's export of
+    them if it exists, else exported into ``scratch`` with chapter 8's ``export_onnx``.
+    """
+    import torch
+
+    from .baseline import BASELINE
+    from .export import export_dir, export_onnx
+    from .models import FashionCNN
+    from .train import checkpoint_path, load_checkpoint, save_checkpoint
+
+    for quick in (False, True):
+        checkpoint = checkpoint_path(BASELINE, quick=quick)
+        if checkpoint.exists():
+            onnx = export_dir(quick=quick) / "fashion_cnn.onnx"
+            break
+    else:
+        torch.manual_seed(0)
+        checkpoint = save_checkpoint(FashionCNN(), scratch / "untrained.pt")
+        onnx = scratch / "untrained.onnx"
+    if not onnx.exists() or onnx.stat().st_mtime < checkpoint.stat().st_mtime:
+        model = load_checkpoint(checkpoint)[0].eval()
+        onnx = export_onnx(model, torch.zeros(2, 1, SIZE, SIZE), scratch / onnx.name)
+    return {"ONNX Runtime": onnx, "state_dict": checkpoint}
 
 
 def bench(
@@ -184,7 +238,7 @@ def bench(
     Every response must be a 200 whose ``class_index`` equals the model's own prediction on the
     same image; anything else counts as an error (``errors``) or a wrong answer (``wrong``).
     Requests not sent within ``deadline_s`` count as errors. Without ``model_path`` it serves the
-    chapter-1 checkpoint, or an untrained model (latency does not depend on the weights).
+    ONNX export of chapter 1's weights (see :func:`default_models`).
     """
     return bench_sweep(
         model_path, n_requests, [concurrency], threads=threads, warmup=warmup, deadline_s=deadline_s
@@ -206,32 +260,59 @@ def bench_sweep(
     Returns:
         One :class:`BenchResult` per concurrency, in the order given.
     """
-    from .baseline import BASELINE
-    from .models import FashionCNN
-    from .train import checkpoint_path, save_checkpoint
-
     levels = list(concurrencies)
-    if not 1 <= n_requests <= 100_000 or not levels or not all(1 <= c <= 64 for c in levels):
-        raise ValueError("n_requests must be 1…100,000 and each concurrency 1…64")
-    results = []
+    _check_sizes(n_requests, levels)
     with tempfile.TemporaryDirectory() as scratch:
         if model_path is None:
-            found = [checkpoint_path(BASELINE), checkpoint_path(BASELINE, quick=True)]
-            model_path = next((p for p in found if p.exists()), None)
-            if model_path is None:
-                torch.manual_seed(0)
-                model_path = save_checkpoint(FashionCNN(), Path(scratch) / "untrained.pt")
-        model, _ = load_checkpoint(model_path)
+            model_path = default_models(Path(scratch))["ONNX Runtime"]
         bodies, images = _bench_images()
-        with torch.inference_mode():
-            x = images.unsqueeze(1).float().div(255).sub(MEAN).div(STD)
-            expected = model.eval()(x).argmax(1).tolist()
-        with _server_process(Path(model_path), threads) as url:
+        expected = _expected(Path(model_path), images)
+        results = []
+        with _server_process(Path(model_path), threads) as server:
             for concurrency in levels:
-                _run_load(url, bodies, expected, warmup, concurrency, deadline_s)
-                load = _run_load(url, bodies, expected, n_requests, concurrency, deadline_s)
+                _run_load(server.url, bodies, expected, warmup, concurrency, deadline_s)
+                load = _run_load(server.url, bodies, expected, n_requests, concurrency, deadline_s)
                 results.append(_bench_result(n_requests, concurrency, *load))
     return results
+
+
+def bench_models(
+    model_paths: Sequence[str | Path] | None = None,
+    n_requests: int = 2000,
+    concurrency: int = 8,
+    *,
+    threads: int = 8,
+    warmup: int = 50,
+    deadline_s: float = 300.0,
+) -> dict[str, BenchResult]:
+    """:func:`bench` for each model file, one server after the other, in one run (so the machine's
+    state is as similar as it gets). Without ``model_paths``: :func:`default_models`.
+
+    Returns:
+        ``{name: BenchResult}``, the file name (or the kind, for the defaults) as the name.
+    """
+    _check_sizes(n_requests, [concurrency])
+    with tempfile.TemporaryDirectory() as scratch:
+        if model_paths:
+            models = {Path(p).name: Path(p) for p in model_paths}
+        else:
+            models = default_models(Path(scratch))
+        return {
+            name: bench(
+                path,
+                n_requests,
+                concurrency,
+                threads=threads,
+                warmup=warmup,
+                deadline_s=deadline_s,
+            )
+            for name, path in models.items()
+        }
+
+
+def _check_sizes(n_requests: int, levels: list[int]) -> None:
+    if not 1 <= n_requests <= 100_000 or not levels or not all(1 <= c <= 64 for c in levels):
+        raise ValueError("n_requests must be 1…100,000 and each concurrency 1…64")
 
 
 def _bench_result(
@@ -256,4 +337,111 @@ def _bench_result(
         p99_ms=float(p99),
         max_ms=float(ms.max()),
         latencies_ms=[float(v) for v in ms],
+    )
+
+
+# --- memory under huge uploads --------------------------------------------------------------------
+
+
+@dataclass
+class MemoryReport:
+    """What :func:`bench_memory` measured (memory in MB of 10**6 bytes)."""
+
+    model: str
+    clients: int
+    requests: int
+    side: int
+    upload_bytes: int
+    statuses: dict[int, int]
+    server_errors: int
+    rss_start_mb: float
+    peak_rss_mb: float
+    seconds: float
+
+    def summary(self) -> str:
+        """One readable paragraph."""
+        answers = ", ".join(f"{n} × {status}" for status, n in sorted(self.statuses.items()))
+        return (
+            f"{self.requests} uploads of a {self.side}×{self.side} 16-bit PNG "
+            f"({self.upload_bytes:,} bytes) from {self.clients} clients to {self.model} in "
+            f"{self.seconds:.1f} s: answers {answers}; server RSS {self.rss_start_mb:.0f} MB at "
+            f"start, peak {self.peak_rss_mb:.0f} MB"
+        )
+
+
+def sixteen_bit_png(side: int) -> bytes:
+    """A ``side × side`` 16-bit greyscale PNG of a bright garment-like block on black (a few
+    dozen kB on disk, 2 bytes per pixel decoded)."""
+    pixels = np.zeros((side, side), dtype=np.uint16)
+    pixels[side // 8 : -side // 8, side // 4 : -side // 4] = 40_000
+    pixels[side // 4 : side // 2, side // 3 : -side // 3] = 65_535
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _peak_rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process, from Linux's ``/proc/<pid>/status``."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024 / 1e6  # kB
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def bench_memory(
+    model_path: str | Path | None = None,
+    clients: int = 8,
+    n_requests: int = 32,
+    side: int = 4096,
+    *,
+    threads: int = 8,
+) -> MemoryReport:
+    """Peak server memory while ``clients`` send ``n_requests`` ``side × side`` 16-bit PNGs.
+
+    The server runs as ``python -m course_utils.serve serve`` in a subprocess; its peak resident
+    set size is Linux's ``VmHWM`` after the load. Each answer's status is counted (200, or a
+    4xx/503 if the server refuses the image); ``server_errors`` counts 500s and failed requests.
+    Without ``model_path``: the ONNX export of chapter 1's weights.
+    """
+    if sys.platform != "linux":
+        raise RuntimeError("bench_memory reads /proc/<pid>/status: it runs on Linux only")
+    png = sixteen_bit_png(side)
+    body, content_type = _multipart(png)
+    with tempfile.TemporaryDirectory() as scratch:
+        if model_path is None:
+            model_path = default_models(Path(scratch))["ONNX Runtime"]
+        with _server_process(Path(model_path), threads) as server:
+            rss_start, _ = _peak_rss_mb(server.pid)
+            host, port = server.url.removeprefix("http://").split(":")
+
+            def one(_: int) -> int:
+                conn = http.client.HTTPConnection(host, int(port), timeout=120)
+                try:
+                    conn.request("POST", "/predict", body, {"Content-Type": content_type})
+                    response = conn.getresponse()
+                    response.read()
+                    return response.status
+                except (OSError, http.client.HTTPException):
+                    return 0
+                finally:
+                    conn.close()
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                statuses = Counter(pool.map(one, range(n_requests)))
+            seconds = time.perf_counter() - start
+            _, peak = _peak_rss_mb(server.pid)
+    return MemoryReport(
+        model=Path(model_path).name,
+        clients=clients,
+        requests=n_requests,
+        side=side,
+        upload_bytes=len(png),
+        statuses=dict(statuses),
+        server_errors=sum(n for status, n in statuses.items() if status == 0 or status >= 500),
+        rss_start_mb=rss_start,
+        peak_rss_mb=peak,
+        seconds=seconds,
     )

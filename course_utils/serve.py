@@ -1,52 +1,73 @@
-"""Serving the chapter-1 model: the Flask app factory, a background server and the command line.
+"""Serving the exported model: the Flask app factory, a background server and the command line.
 
-The upload preprocessing lives in :mod:`course_utils.upload` and the load benchmark in
-:mod:`course_utils.loadtest`; both are re-exported here, so ``serve.preprocess_image`` and
-``serve.bench_sweep`` work as before.
+The server loads **the file chapter 8 exported**, not the course's Python class:
 
-The API (:func:`create_app`): ``POST /predict`` with a multipart field ``file`` returns
-``{"label", "class_index", "probabilities": [{"label", "class_index", "probability"}, …]}`` (the
-top ``k``, ``?top_k=`` from 1 to 10, default 3); ``GET /health`` says the model is loaded. Every
-bad request gets a JSON ``{"error", "message"}`` with a 4xx status, never a traceback. Chapter 9
-writes the same routes and error handlers in the notebook and checks that both apps answer alike.
+- ``.onnx``: run by ONNX Runtime. This path imports neither torch nor ``course_utils.models``,
+  so it runs from the small dependency set in ``requirements-serve.txt`` (Flask, waitress,
+  NumPy, Pillow, ONNX Runtime);
+- ``.pt2``: a ``torch.export`` program (torch is imported only then);
+- ``.pt``: a state_dict checkpoint, which needs the model's class (``FashionCNN``) to load: the
+  coupling that exporting removes. It is kept as the baseline of the load benchmark.
+
+An exported file must have its SHA-256 sidecar (``<file>.sha256``, written by chapter 8's save
+functions) and match it; otherwise the server refuses to start, with a message that says why.
+
+The upload preprocessing lives in :mod:`course_utils.upload` (NumPy and Pillow only) and the
+load benchmark in :mod:`course_utils.loadtest`; both are re-exported here (the benchmark
+lazily, since it uses torch).
+
+The API (:func:`create_app`): ``POST /predict`` with a ``multipart/form-data`` field ``file``
+returns ``{"label", "class_index", "probabilities": [{"label", "class_index", "probability"},
+…]}`` (the top ``k``, ``?top_k=`` from 1 to 10, default 3); ``GET /health`` says which model is
+loaded. Every bad request gets a JSON ``{"error", "message"}`` with a 4xx status, never a
+traceback, and never an echo of the request's body. Chapter 9 writes the same routes and error
+handlers in the notebook and checks that both apps answer alike.
 
 Command line (``python -m course_utils.serve``):
 
-- ``serve --model PATH [--port N]``: run the API under waitress on 127.0.0.1;
-- ``bench [--model PATH] [--requests 2000] [--concurrency 8]``: start the API under waitress in a
-  subprocess on a free loopback port, send the requests, print p50/p99 latency, throughput and the
-  number of errors, and stop the server (:func:`bench_sweep` does it for several concurrencies
-  against one server).
+- ``serve --model FILE [--host 127.0.0.1] [--port 8000]``: run the API under waitress. The host
+  defaults to ``127.0.0.1``, this machine only. ``--host 0.0.0.0`` exposes it to every network
+  the machine is on, with no authentication and no TLS: do that only behind a reverse proxy
+  that adds them, or on a network you trust;
+- ``bench [--model FILE …] [--requests 2000] [--concurrency 8]``: start each model's server in a
+  subprocess on a free loopback port, one after the other, send the requests, print p50/p99
+  latency, throughput and errors (:func:`bench_sweep` does several concurrencies);
+- ``bench-memory [--model FILE] [--clients 8]``: the server's peak resident memory while
+  clients send huge 16-bit PNGs.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
+import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-import torch
-from flask import Flask, jsonify, request
-from torch import nn
-from werkzeug.exceptions import HTTPException
+import numpy as np
+from flask import Flask, Request, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
 
-from .data import CLASSES
-from .loadtest import BenchResult, bench, bench_sweep
-from .train import load_checkpoint
+from .artefacts import ModelFileError, verified
 from .upload import (
+    CLASSES,
+    DEFAULT_MAX_DECODE_BYTES,
     DEFAULT_MAX_PIXELS,
     FORMATS,
     ImageTooLarge,
     InvalidImage,
+    MemoryBudget,
     PreprocessError,
+    ServerBusy,
     UnsupportedImage,
     catalogue_photo,
     crop_to_content,
@@ -55,54 +76,179 @@ from .upload import (
     fit_to_square,
     needs_inversion,
     normalise,
+    normalise_array,
+    open_image,
+    preprocess_array,
     preprocess_image,
     stretch_contrast,
     to_grey,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
+    "CLASSES",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MEMORY_BUDGET",
     "FORMATS",
-    "WAITRESS_MAX_BODY",
-    "BenchResult",
+    "MAX_FIELD_BYTES",
+    "MAX_FORM_PARTS",
+    "MODEL_SUFFIXES",
+    "TOP_K",
+    "FormLimitExceeded",
     "ImageTooLarge",
     "InvalidImage",
+    "MemoryBudget",
+    "ModelFileError",
     "PreprocessError",
+    "ServerBusy",
     "ServerThread",
     "UnsupportedImage",
-    "bench",
-    "bench_sweep",
+    "UploadRequest",
     "catalogue_photo",
     "create_app",
     "crop_to_content",
     "decode_image",
     "encode_png",
     "fit_to_square",
+    "load_model",
+    "make_server",
     "needs_inversion",
     "normalise",
+    "normalise_array",
+    "open_image",
     "predict_response",
+    "preprocess_array",
     "preprocess_image",
+    "response_from_logits",
     "serve_in_background",
     "stretch_contrast",
     "to_grey",
 ]
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024  # 8 MiB: a 12-megapixel phone JPEG fits, a video does not
-# waitress buffers a whole request body before Flask sees it; past this it refuses the request
-# itself (a plain-text 413). Below it, Flask's MAX_CONTENT_LENGTH answers with a JSON 413.
-WAITRESS_MAX_BODY = 8 * DEFAULT_MAX_BYTES
+DEFAULT_MEMORY_BUDGET = 256 * 2**20  # what all requests' decodes may hold at once
+MAX_FORM_PARTS = 16  # the API needs one part, 'file'; more is a client's mistake (or an attack)
+MAX_FIELD_BYTES = 64 * 1024  # the largest text (non-file) field of the form kept in memory
+MODEL_SUFFIXES = (".onnx", ".pt2", ".pt")
+TOP_K = re.compile(r"[0-9]{1,2}")  # ASCII digits only: str.isdigit() is True for '²' too
 
 
-# --- the API --------------------------------------------------------------------------------------
+# --- the model file -------------------------------------------------------------------------------
 
 
-def predict_response(model: nn.Module, x: torch.Tensor, top_k: int = 3) -> dict[str, Any]:
-    """The ``/predict`` JSON body for one input ``x`` of shape ``[1, 1, 28, 28]``.
+def load_model(path: str | Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+    """Load a model file for serving: a function from ``float32 [n, 1, 28, 28]`` inputs to
+    ``[n, 10]`` logits, both NumPy arrays.
+
+    ``.onnx`` runs in ONNX Runtime (no torch), ``.pt2`` is a ``torch.export`` program, ``.pt`` a
+    state_dict checkpoint (the only one that needs the course's model class). ``threads`` is the
+    intra-op thread count: 1 suits a server that runs one small image per request on each of
+    several worker threads.
+
+    Raises:
+        ModelFileError: the file is missing, empty, has no ``.sha256`` sidecar (``.onnx`` and
+            ``.pt2``), does not match it, is of an unknown kind or cannot be loaded.
+    """
+    path = Path(path)
+    if path.suffix not in MODEL_SUFFIXES:
+        raise ModelFileError(
+            f"{path.name}: the server takes {', '.join(MODEL_SUFFIXES)} files; export the model "
+            "with chapter 8 (an .onnx file is the usual choice)"
+        )
+    if path.suffix == ".onnx":
+        return _onnx_model(verified(path, "ONNX model", require_sidecar=True), threads)
+    if path.suffix == ".pt2":
+        return _exported_model(verified(path, "torch.export", require_sidecar=True), threads)
+    return _checkpoint_model(path, threads)
+
+
+def _onnx_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - ORT raises its own types for a bad file
+        raise ModelFileError(f"ONNX Runtime could not load {path}: {err}") from None
+    input_name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {input_name: x})[0]
+
+    return run
+
+
+def _exported_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        module = torch.export.load(path).module()
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged archive
+        raise ModelFileError(f"torch.export.load could not read {path}: {err}") from None
+    return _torch_runner(module)
+
+
+def _checkpoint_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    from .train import CheckpointError, load_checkpoint
+
+    torch.set_num_threads(threads)
+    try:
+        model, _ = load_checkpoint(path, map_location="cpu")
+    except CheckpointError as err:
+        raise ModelFileError(str(err)) from None
+    return _torch_runner(model.eval())
+
+
+def _torch_runner(module: Any) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+
+    run.module = module  # type: ignore[attr-defined]  # for tests that hook the forward pass
+    return run
+
+
+# --- the answer -----------------------------------------------------------------------------------
+
+
+def response_from_logits(logits: np.ndarray, top_k: int = 3) -> dict[str, Any]:
+    """The ``/predict`` JSON body for one image's ``[10]`` logits: the softmax's ``top_k``
+    largest probabilities first, as plain Python floats and ints (JSON-serialisable)."""
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    exp = np.exp(z - z.max())
+    probs = exp / exp.sum()
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    best = int(order[0])
+    return {
+        "label": CLASSES[best],
+        "class_index": best,
+        "probabilities": [
+            {"label": CLASSES[int(i)], "class_index": int(i), "probability": float(probs[i])}
+            for i in order
+        ],
+    }
+
+
+def predict_response(model: torch.nn.Module, x: torch.Tensor, top_k: int = 3) -> dict[str, Any]:
+    """The ``/predict`` JSON body for a PyTorch ``model`` and one input ``x`` ``[1, 1, 28, 28]``.
 
     Runs under ``torch.inference_mode()``; the probabilities are the softmax of the logits, the
     ``top_k`` largest first, as plain Python floats and ints (JSON-serialisable).
     """
+    import torch
+
     with torch.inference_mode():
         probs = torch.softmax(model(x), dim=1)[0]
     values, indices = probs.topk(top_k)
@@ -117,9 +263,82 @@ def predict_response(model: nn.Module, x: torch.Tensor, top_k: int = 3) -> dict[
     }
 
 
+# --- the form's limits, with accurate messages ----------------------------------------------------
+
+
+class FormLimitExceeded(RequestEntityTooLarge):
+    """A 413 for a form that breaks a limit other than the body's size; says which."""
+
+
+class _PartCounter:
+    """Reads a multipart body for werkzeug's parser, counting the part delimiters it passes."""
+
+    def __init__(self, stream: IO[bytes], boundary: bytes, max_parts: int) -> None:
+        self._stream = stream
+        self._delimiter = b"--" + boundary
+        self._tail = b""
+        self._max_parts = max_parts
+        self.delimiters = 0
+        self.body_too_large = False  # the stream itself refused: the body's size limit
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._stream.read(size)
+        except RequestEntityTooLarge:
+            self.body_too_large = True
+            raise
+        window = self._tail + data  # a delimiter may straddle two reads
+        self.delimiters += window.count(self._delimiter)
+        self._tail = window[-(len(self._delimiter) - 1) :]
+        # n parts have n + 1 delimiters (the last closes the form)
+        if self.delimiters > self._max_parts + 1:
+            raise FormLimitExceeded(
+                f"the form has more than {self._max_parts} parts; send one part, the image, in "
+                "a field named 'file'"
+            )
+        return data
+
+
+class _UploadFormParser(FormDataParser):
+    """werkzeug's form parser, raising :class:`FormLimitExceeded` with the limit that was hit
+    (werkzeug raises the same bare 413 for too many parts, a long text field and a large body)."""
+
+    def _parse_multipart(
+        self, stream: IO[bytes], mimetype: str, content_length: int | None, options: Any
+    ) -> Any:
+        max_parts = self.max_form_parts or MAX_FORM_PARTS
+        counter = _PartCounter(stream, options.get("boundary", "").encode("latin-1"), max_parts)
+        self.max_form_parts = max_parts + 1  # the counter, reading ahead, stops the form first
+        try:
+            return super()._parse_multipart(counter, mimetype, content_length, options)  # type: ignore[arg-type]
+        except FormLimitExceeded:
+            raise
+        except RequestEntityTooLarge:
+            if counter.body_too_large:  # the body ran over max_content_length
+                raise
+            raise FormLimitExceeded(
+                f"a text field of the form is larger than the {self.max_form_memory_size:,} "
+                "bytes allowed; send the image as a file part (with a filename) named 'file'"
+            ) from None
+
+
+class UploadRequest(Request):
+    """Flask's request, with a form parser that says which of the form's limits was hit."""
+
+    form_data_parser_class = _UploadFormParser
+
+
+# --- the API --------------------------------------------------------------------------------------
+
+
 def _error(status: int, error: str, message: str) -> tuple[Any, int]:
     """A JSON error body ``{"error", "message"}`` with its status."""
     return jsonify(error=error, message=message), status
+
+
+def _shown(text: str, limit: int = 20) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters (never echo a long input)."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def create_app(
@@ -127,30 +346,42 @@ def create_app(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
     default_top_k: int = 3,
+    threads: int = 1,
 ) -> Flask:
-    """A Flask app that serves the checkpoint at ``model_path`` (made by ``save_checkpoint``).
+    """A Flask app that serves the model file at ``model_path`` (``.onnx``, ``.pt2`` or ``.pt``).
 
     The routes and error handlers are the ones chapter 9 writes in the notebook, in a factory:
     each call builds a fresh app with its own model and limits, and nothing is loaded at import
-    time. The model is loaded once, here, on the CPU in eval mode; every request reuses it.
+    time. The model is loaded and verified once, here; every request reuses it.
 
     Args:
-        model_path: the ``.pt`` checkpoint.
-        max_bytes: the largest request body (Flask's ``MAX_CONTENT_LENGTH``; larger → 413).
+        model_path: the exported model (see :func:`load_model`).
+        max_bytes: the largest request body (Flask's ``MAX_CONTENT_LENGTH``; larger → 413). Give
+            waitress the same limit (:func:`make_server` does).
         max_pixels: the largest image, width × height (larger → 413).
+        max_decode_bytes: the most memory one upload may take to decode (more → 413).
+        memory_budget: the bytes all concurrent decodes may hold together; a request waits for
+            its share (and gets a 503 if it waits too long).
         default_top_k: how many classes ``/predict`` returns without ``?top_k=``.
+        threads: the model's intra-op threads.
 
     Raises:
-        course_utils.train.CheckpointError: the checkpoint is missing or unreadable (at start-up,
-            not at the first request).
+        ModelFileError: the model file is missing, damaged or unverifiable (at start-up, not at
+            the first request).
     """
-    model, _ = load_checkpoint(model_path, map_location="cpu")
-    model.eval()
+    model = load_model(model_path, threads)
+    budget = MemoryBudget(memory_budget)
     app = Flask(__name__)
+    app.request_class = UploadRequest  # accurate 413 messages for the form's limits
     app.config["MAX_CONTENT_LENGTH"] = max_bytes
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_FIELD_BYTES
     app.json.sort_keys = False  # keep the probabilities' order (and label first) in the JSON
     app.extensions["course_model"] = model
+    app.extensions["course_memory_budget"] = budget
 
     @app.get("/health")
     def health() -> Any:
@@ -159,26 +390,41 @@ def create_app(
     @app.post("/predict")
     def predict() -> Any:
         raw_k = request.args.get("top_k", str(default_top_k))
-        if not raw_k.isdigit() or not 1 <= int(raw_k) <= len(CLASSES):
-            return _error(400, "bad parameter", f"top_k must be 1 to {len(CLASSES)}, got {raw_k!r}")
-        upload = request.files.get("file")  # reading the body: over max_bytes raises 413 here
+        if not TOP_K.fullmatch(raw_k) or not 1 <= int(raw_k) <= len(CLASSES):
+            message = f"top_k must be a whole number from 1 to {len(CLASSES)}, got {_shown(raw_k)}"
+            return _error(400, "bad parameter", message)
+        if request.mimetype != "multipart/form-data":  # checked before the body is parsed
+            message = (
+                "send the image as multipart/form-data in a field named 'file' (got "
+                f"Content-Type {_shown(request.mimetype or 'none', 40)})"
+            )
+            return _error(415, "unsupported media type", message)
+        upload = request.files.get("file")  # parses the body: over a limit → 413 here
         if upload is None:
             fields = sorted(set(request.files) | set(request.form))
-            return _error(
-                400,
-                "no file",
+            shown = ", ".join(_shown(name) for name in fields[:3]) + (", …" * (len(fields) > 3))
+            message = (
                 "send the image as multipart/form-data in a field named 'file' "
-                f"(fields received: {fields or 'none'})",
+                f"(fields received: {shown or 'none'})"
             )
+            return _error(400, "no file", message)
         try:
-            x = preprocess_image(upload.read(), max_pixels=max_pixels)
+            x = preprocess_array(
+                upload.read(),
+                max_pixels=max_pixels,
+                max_decode_bytes=max_decode_bytes,
+                budget=budget,
+            )
         except PreprocessError as err:
             return _error(err.status, err.error, str(err))
-        return jsonify(predict_response(model, x, int(raw_k)))
+        return jsonify(response_from_logits(model(x)[0], int(raw_k)))
 
     @app.errorhandler(413)
     def too_large(err: HTTPException) -> Any:
-        message = f"the upload is larger than the {max_bytes:,} bytes allowed"
+        if isinstance(err, FormLimitExceeded):  # too many parts, or a long text field
+            message = err.description
+        else:
+            message = f"the upload is larger than the {max_bytes:,} bytes allowed"
         return _error(413, "request entity too large", message)
 
     @app.errorhandler(HTTPException)
@@ -196,7 +442,27 @@ def create_app(
     return app
 
 
-# --- a real server in the background --------------------------------------------------------------
+# --- a real server --------------------------------------------------------------------------------
+
+
+def make_server(app: Flask, host: str = "127.0.0.1", port: int = 0, threads: int = 8) -> Any:
+    """A waitress server for ``app`` whose body limit is the app's own ``MAX_CONTENT_LENGTH``.
+
+    waitress reads a whole request body before the app sees it; with the same limit it refuses
+    a larger body from its ``Content-Length`` header alone, before buffering any of it (with its
+    own plain-text 413; below the limit the app answers in JSON).
+    """
+    from waitress import create_server
+
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is 1"
+    return create_server(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        # waitress refuses a body of this many bytes or more, as werkzeug does behind it
+        max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
+    )
 
 
 class ServerThread:
@@ -208,12 +474,7 @@ class ServerThread:
     """
 
     def __init__(self, app: Flask, threads: int = 8) -> None:
-        from waitress import create_server
-
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is 1"
-        self.server = create_server(
-            app, host="127.0.0.1", port=0, threads=threads, max_request_body_size=WAITRESS_MAX_BODY
-        )
+        self.server = make_server(app, threads=threads)
         self.port: int = self.server.effective_port
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
@@ -247,59 +508,117 @@ def serve_in_background(model_path: str | Path, threads: int = 8, **app_kw: Any)
         server.stop()
 
 
-def _serve(model_path: Path, port: int, threads: int, torch_threads: int) -> None:
-    from waitress import create_server
+def _return_large_buffers_to_the_os() -> None:
+    """On glibc (Linux), serve every allocation of 1 MiB or more with its own ``mmap``.
 
-    torch.set_num_threads(torch_threads)  # batch-1 requests: intra-op threads only oversubscribe
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is 1" …
-    server = create_server(
-        create_app(model_path),
-        host="127.0.0.1",
-        port=port,
-        threads=threads,
-        max_request_body_size=WAITRESS_MAX_BODY,
-    )
-    print(f"listening on http://127.0.0.1:{server.effective_port}", flush=True)
+    glibc raises its ``mmap`` threshold each time a large block is freed (up to 32 MiB), after
+    which decoded images come from per-thread heaps that keep the memory once freed: with
+    eight worker threads the server's resident memory then grows to several times what the
+    :class:`MemoryBudget` allows at once. A fixed threshold hands each freed image back.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, …): nothing to tune
+        return
+    m_mmap_threshold = -3  # from <malloc.h>
+    libc.mallopt(m_mmap_threshold, 1 << 20)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _return_large_buffers_to_the_os()
+    try:
+        app = create_app(args.model, threads=args.model_threads)
+    except ModelFileError as err:
+        print(f"error: not serving: {err}", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: listening on {args.host}: any machine that can reach it may call the API "
+            "(no authentication, no TLS); put a reverse proxy in front of it",
+            file=sys.stderr,
+        )
+    server = make_server(app, host=args.host, port=args.port, threads=args.threads)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"listening on http://{host}:{server.effective_port}", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too → KeyboardInterrupt
     try:
-        server.run()  # waitress closes cleanly on KeyboardInterrupt
+        with suppress(KeyboardInterrupt):
+            server.run()  # waitress closes cleanly on KeyboardInterrupt
     finally:
         server.close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``serve`` or ``bench``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m course_utils.serve", description=__doc__)
+    """Command-line entry point (``serve``, ``bench`` or ``bench-memory``); the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m course_utils.serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("serve", help="run the API under waitress on 127.0.0.1")
-    run.add_argument("--model", type=Path, required=True, help="checkpoint (.pt)")
+    run = sub.add_parser("serve", help="run the API under waitress")
+    run.add_argument(
+        "--model", type=Path, required=True, help="the exported model: .onnx or .pt2 (or a .pt)"
+    )
+    run.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1: this machine only). WARNING: 0.0.0.0 "
+        "exposes the API to every network this machine is on, without authentication or TLS",
+    )
     run.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
     run.add_argument("--threads", type=int, default=8, help="waitress worker threads")
-    run.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads")
+    run.add_argument("--model-threads", type=int, default=1, help="the model's intra-op threads")
     load = sub.add_parser("bench", help="load-test the API on a free loopback port")
-    load.add_argument("--model", type=Path, default=None, help="default: chapter 1's checkpoint")
+    load.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        help="a model file; repeat to compare (default: chapter 8's .onnx and chapter 1's .pt)",
+    )
     load.add_argument("--requests", type=int, default=2000, help="timed requests (≤ 100,000)")
     load.add_argument("--concurrency", type=int, default=8, help="client threads (≤ 64)")
     load.add_argument("--threads", type=int, default=8, help="waitress worker threads")
     load.add_argument("--deadline", type=float, default=300.0, help="stop sending after (s)")
-    load.add_argument("--json", action="store_true", help="print the result as JSON")
+    load.add_argument("--json", action="store_true", help="print the results as JSON lines")
+    memory = sub.add_parser("bench-memory", help="peak server memory under huge uploads")
+    memory.add_argument("--model", type=Path, default=None, help="default: chapter 8's .onnx")
+    memory.add_argument("--clients", type=int, default=8, help="clients sending at once")
+    memory.add_argument("--requests", type=int, default=32, help="uploads in all")
+    memory.add_argument("--side", type=int, default=4096, help="image width and height")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        with suppress(KeyboardInterrupt):
-            _serve(args.model, args.port, args.threads, args.torch_threads)
-        return 0
-    result = bench(
-        args.model,
-        args.requests,
-        args.concurrency,
-        threads=args.threads,
-        deadline_s=args.deadline,
+        return _serve(args)
+    from . import loadtest
+
+    if args.command == "bench-memory":
+        report = loadtest.bench_memory(args.model, args.clients, args.requests, args.side)
+        print(report.summary())
+        return 0 if report.server_errors == 0 else 1
+    results = loadtest.bench_models(
+        args.model, args.requests, args.concurrency, threads=args.threads, deadline_s=args.deadline
     )
-    if args.json:
-        print(json.dumps({k: v for k, v in asdict(result).items() if k != "latencies_ms"}))
-    else:
-        print(result.summary())
-    return 0 if result.errors == 0 and result.wrong == 0 else 1
+    for name, result in results.items():
+        if args.json:
+            fields = {k: v for k, v in asdict(result).items() if k != "latencies_ms"}
+            print(json.dumps({"model": name, **fields}))
+        else:
+            print(f"{name}: {result.summary()}")
+    return 0 if all(r.errors == 0 and r.wrong == 0 for r in results.values()) else 1
+
+
+_LAZY = {"BenchResult", "bench", "bench_sweep"}  # loadtest's, imported on use (it needs torch)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import loadtest
+
+        return getattr(loadtest, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

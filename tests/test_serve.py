@@ -1,11 +1,21 @@
-"""The serving API: preprocessing, good and bad uploads, a fuzz test, a real waitress server."""
+"""The serving API: preprocessing, the exported model behind Flask, good and bad requests, a fuzz
+test, hardening (limits, memory, EXIF), a real waitress server and the benchmarks.
+
+Cost: about 40 s on 2 CPU cores (one ONNX export, a few server subprocesses, a 500-body fuzz).
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import random
+import socket
 import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,11 +26,13 @@ import requests
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 
-from course_utils import loadtest, serve
+from course_utils import data, loadtest, serve, upload
+from course_utils.artefacts import ModelFileError, save_atomically
 from course_utils.data import CLASSES, MEAN, STD
 from course_utils.models import FashionCNN
+from course_utils.paths import REPO_ROOT
 from course_utils.serve import (
     ImageTooLarge,
     InvalidImage,
@@ -32,21 +44,45 @@ from course_utils.serve import (
     preprocess_image,
     serve_in_background,
 )
-from course_utils.train import CheckpointError, save_checkpoint
+from course_utils.train import save_checkpoint
+
+
+def export_onnx(model: torch.nn.Module, path: Path) -> Path:
+    """The model as ONNX, dynamic batch, saved with its SHA-256 sidecar (as chapter 8 does)."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        model, (torch.zeros(2, 1, 28, 28),), dynamo=True, dynamic_shapes={"x": {0: batch}}
+    )
+    return save_atomically(program.save, path)
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained FashionCNN checkpoint: the API must not care how good the weights are."""
+def model() -> torch.nn.Module:
+    """An untrained FashionCNN: the API must not care how good the weights are."""
     torch.manual_seed(0)
-    return save_checkpoint(FashionCNN(), tmp_path_factory.mktemp("model") / "untrained.pt")
+    return FashionCNN().eval()
 
 
 @pytest.fixture(scope="module")
-def model(model_path: Path) -> torch.nn.Module:
-    from course_utils.train import load_checkpoint
+def model_dir(tmp_path_factory: pytest.TempPathFactory, model: torch.nn.Module) -> Path:
+    """The model three ways: ``untrained.onnx``, ``untrained.pt2`` (both with sidecars) and the
+    state_dict checkpoint ``untrained.pt``."""
+    folder = tmp_path_factory.mktemp("model")
+    export_onnx(model, folder / "untrained.onnx")
+    program = torch.export.export(
+        model,
+        (torch.zeros(2, 1, 28, 28),),
+        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
+    )
+    save_atomically(lambda tmp: torch.export.save(program, tmp), folder / "untrained.pt2")
+    save_checkpoint(model, folder / "untrained.pt")
+    return folder
 
-    return load_checkpoint(model_path)[0].eval()
+
+@pytest.fixture(scope="module")
+def model_path(model_dir: Path) -> Path:
+    """What the server serves: the ONNX export."""
+    return model_dir / "untrained.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +127,20 @@ def assert_json_error(response, status: int, words: str) -> None:
     assert set(body) == {"error", "message"}
     assert words.lower() in body["message"].lower(), body
     assert "Traceback" not in response.get_data(as_text=True)
+
+
+def run_python(code: str, timeout: float = 120) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line, returned as a dict."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # --- preprocessing --------------------------------------------------------------------------------
@@ -192,10 +242,11 @@ def test_transparency_is_composited_onto_white_then_inverted() -> None:
     assert pixels[14, 14] < 1 and pixels[0, 0] < 1  # white on white: nothing left to see
 
 
-def forged_png(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width × height`` pixels (a decompression-bomb shape)."""
+def forged_png(width: int, height: int, colour_type: int = 0) -> bytes:
+    """A tiny PNG whose header claims ``width × height`` pixels (a decompression-bomb shape) of
+    8-bit ``colour_type`` (0 greyscale, 2 RGB, 6 RGBA)."""
     data = bytearray(encode(Image.new("L", (1, 1))))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    ihdr = struct.pack(">IIBB", width, height, 8, colour_type) + bytes(data[26:29])
     data[16:29] = ihdr
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     return bytes(data)
@@ -240,6 +291,294 @@ def test_pillow_warns_above_its_limit_raises_above_twice_it_and_the_server_refus
         preprocess_image(raised)
 
 
+def test_the_torch_free_constants_are_the_data_sets() -> None:
+    assert upload.CLASSES == data.CLASSES
+    assert (upload.MEAN, upload.STD) == (data.MEAN, data.STD)
+
+
+def test_preprocess_array_is_the_tensor_as_numpy(garments: torch.Tensor) -> None:
+    photo = serve.catalogue_photo(garments[3])
+    x = upload.preprocess_array(photo)
+    assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape == (1, 1, 28, 28)
+    assert np.array_equal(x, preprocess_image(photo).numpy())
+
+
+# --- EXIF orientation -----------------------------------------------------------------------------
+
+
+def with_orientation(image: Image.Image, orientation: object, fmt: str = "JPEG") -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_matches_pillows_exif_transpose(orientation: int) -> None:
+    pixels = (np.arange(5 * 7, dtype=np.uint8) * 7).reshape(5, 7)  # no symmetry
+    image = Image.open(io.BytesIO(with_orientation(Image.fromarray(pixels), orientation, "PNG")))
+    image.load()
+    expected = np.asarray(ImageOps.exif_transpose(image))
+    assert np.array_equal(upload.to_grey(image), expected)
+
+
+def test_a_rotated_phone_jpeg_is_turned_upright() -> None:
+    """A phone stores a portrait photo sideways with EXIF orientation 6 ('rotate 90° clockwise
+    to view'): the model must see the upright garment, not the sideways one."""
+    upright = Image.new("L", (60, 90), 255)  # a tall, dark 'trouser' on white, legs at the bottom
+    upright.paste(30, (15, 5, 45, 50))
+    upright.paste(30, (15, 50, 27, 85))
+    upright.paste(30, (33, 50, 45, 85))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote: sideways
+    expected = preprocess_image(encode(upright, "JPEG", quality=95))
+    turned = preprocess_image(with_orientation(stored, 6))
+    ignored = preprocess_image(encode(stored, "JPEG", quality=95))
+    assert float((turned - expected).abs().max()) < 0.5  # a few grey levels of JPEG noise
+    assert float((ignored - expected).abs().max()) > 2  # without the tag it really is different
+
+
+@pytest.mark.parametrize(
+    "exif",
+    [
+        b"Exif\x00\x00" + bytes(range(40)),  # garbage after the header
+        b"Exif\x00\x00MM\x00\x2a\x00\x00\xff\xff\xff\xff",  # an IFD offset far past the end
+        b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x63\x00",
+        b"Exif",  # cut short
+        # a fuzzed camera EXIF (orientation 6 and a mangled tag): ImageOps.exif_transpose raises
+        # struct.error on it, which the server used to answer with a 500
+        b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x03\x01B\x00\x02\x00\x00\x00\x07\x00\x00\x002"
+        b"\x01\x10\x00\x02\x00\x00\x00\x06\x00\x00\x00:\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06"
+        b"\x00\x00\x00\x00\x00\x00Camera\x00\x00Model\x00",
+    ],
+    ids=["garbage", "bad-offset", "orientation-99", "cut", "breaks-exif-transpose"],
+)
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's warning, in the server's log
+def test_malformed_exif_is_never_a_5xx(client, exif: bytes) -> None:
+    photo = encode(Image.new("RGB", (40, 30), (200, 180, 170)), "JPEG", exif=exif)
+    response = post(client, photo)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("orientation", [0, 9, 65535])
+def test_out_of_range_orientation_tags_are_ignored(orientation: object) -> None:
+    photo = Image.new("RGB", (40, 30), (200, 180, 170))
+    data = with_orientation(photo, orientation)
+    assert np.array_equal(
+        upload.preprocess_array(data), upload.preprocess_array(encode(photo, "JPEG", quality=95))
+    )
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def test_the_decode_cost_counts_bytes_per_pixel() -> None:
+    assert upload.decode_cost("L", 100, 10) == 1000 * (1 + 4)
+    assert upload.decode_cost("I;16", 100, 10) == 1000 * (2 + 4)
+    assert upload.decode_cost("RGB", 100, 10) == 1000 * (4 + 4)  # Pillow stores RGB in 4 bytes
+    assert upload.decode_cost("RGBA", 100, 10) == 1000 * (4 + 8)
+
+
+def test_an_image_too_costly_to_decode_is_413_before_decoding(model_path: Path) -> None:
+    """4,000 × 4,000 RGBA passes the pixel limit (16 megapixels) but needs ~190 MB to decode."""
+    header = forged_png(4000, 4000, colour_type=6)  # 8-bit RGBA
+    with pytest.raises(ImageTooLarge, match="bytes of memory"):
+        upload.open_image(header)
+    assert_json_error(post(create_app(model_path).test_client(), header), 413, "per upload")
+
+
+def test_a_16_bit_4096_png_is_handled_within_its_decode_cost() -> None:
+    """In a fresh process: the peak memory of preprocessing a 4096² 16-bit PNG (37 kB on disk)
+    stays within the decode cost the budget reserves for it (the float64 version took ~1 GB)."""
+    result = run_python(
+        """
+        import json
+        from course_utils import upload
+        from course_utils.loadtest import sixteen_bit_png
+
+        def status():
+            fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+            return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}
+
+        png = sixteen_bit_png(4096)
+        upload.preprocess_array(sixteen_bit_png(64))  # import and warm up the code paths
+        before = status()
+        x = upload.preprocess_array(png)
+        after = status()
+        print(json.dumps({"rise": after["VmHWM"] - max(before["VmRSS"], 0), "shape": x.shape,
+                          "before_peak": before["VmHWM"], "bytes": len(png),
+                          "cost": upload.decode_cost("I;16", 4096, 4096)}))
+        """
+    )
+    assert result["shape"] == [1, 1, 28, 28] and result["bytes"] < 100_000
+    assert result["rise"] <= result["cost"], result  # ≈ 100 MB reserved
+
+
+def test_the_memory_budget_makes_decodes_take_turns() -> None:
+    budget = upload.MemoryBudget(100, timeout=0.3)
+    order: list[str] = []
+    with budget.reserve(80):
+        waiter = threading.Thread(
+            target=lambda: (budget.reserve(50).__enter__(), order.append("second got it"))
+        )
+        waiter.start()
+        time.sleep(0.1)
+        order.append("first done")
+    waiter.join(2)
+    assert order == ["first done", "second got it"]
+    with (
+        budget.reserve(60),
+        pytest.raises(upload.ServerBusy, match="retry later"),
+        budget.reserve(60),
+    ):
+        pass
+    with budget.reserve(10**9):  # more than the whole budget: takes all of it, not forever
+        pass
+
+
+def test_a_busy_server_answers_503(model_path: Path) -> None:
+    app = create_app(model_path)
+    budget = app.extensions["course_memory_budget"]
+    budget.timeout = 0.2
+    with budget.reserve(budget.total_bytes):  # other uploads hold all of it
+        response = post(app.test_client(), encode_png(np.zeros((28, 28), np.uint8)))
+    assert_json_error(response, 503, "retry later")
+
+
+# --- the model file ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2", ".pt"])
+def test_every_kind_of_model_file_gives_the_models_logits(
+    model_dir: Path, model: torch.nn.Module, suffix: str, garments: torch.Tensor
+) -> None:
+    x = torch.cat([reference_input(p) for p in garments])
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    logits = serve.load_model(model_dir / f"untrained{suffix}")(x.numpy())
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+    assert (logits.argmax(1) == expected.argmax(1)).all()
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_serving_an_export_imports_neither_the_model_class_nor_torch_for_onnx(
+    model_dir: Path, suffix: str
+) -> None:
+    """The promise of chapter 8: the server needs the file, not the Python class (and, for
+    ONNX, not PyTorch at all). Checked in a fresh interpreter after a real request."""
+    result = run_python(
+        f"""
+        import io, json, sys
+        from course_utils.serve import create_app
+        from course_utils.upload import encode_png
+        import numpy as np
+
+        app = create_app({str(model_dir / f"untrained{suffix}")!r})
+        png = encode_png(np.zeros((28, 28), np.uint8))
+        response = app.test_client().post("/predict", data={{"file": (io.BytesIO(png), "a.png")}})
+        loaded = [m for m in ("torch", "course_utils.models", "course_utils.data",
+                              "course_utils.train") if m in sys.modules]
+        print(json.dumps({{"status": response.status_code, "loaded": loaded}}))
+        """
+    )
+    assert result["status"] == 200
+    if suffix == ".onnx":
+        assert result["loaded"] == []
+    else:
+        assert result["loaded"] == ["torch"]
+
+
+def start_server(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """``python -m course_utils.serve serve ARGS --port 0``; (the process, its first line)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "course_utils.serve", "serve", *args, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return proc, line[0] if line else ""
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """Interrupt the server; its stderr."""
+    proc.send_signal(2)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        ("no sidecar", "has no untrained.onnx.sha256 beside it"),
+        ("one byte changed", "does not match its recorded SHA-256"),
+        ("missing", "does not exist"),
+    ],
+)
+def test_the_server_refuses_to_start_on_an_unverifiable_file(
+    model_path: Path, tmp_path: Path, damage: str, words: str
+) -> None:
+    copy = tmp_path / model_path.name
+    if damage != "missing":
+        blob = bytearray(model_path.read_bytes())
+        copy.write_bytes(blob)
+    if damage == "one byte changed":
+        (tmp_path / f"{copy.name}.sha256").write_text(
+            (model_path.parent / f"{model_path.name}.sha256").read_text()
+        )
+        blob[len(blob) // 2] ^= 0xFF
+        copy.write_bytes(blob)
+    with pytest.raises(ModelFileError, match=words):
+        create_app(copy)
+    done = subprocess.run(
+        [sys.executable, "-m", "course_utils.serve", "serve", "--model", str(copy), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert done.returncode == 2 and "listening" not in done.stdout
+    assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unknown_kind_of_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    with pytest.raises(ModelFileError, match=".onnx, .pt2, .pt"):
+        create_app(tmp_path / "model.bin")
+
+
+def test_the_host_defaults_to_loopback_and_exposing_it_warns(model_path: Path) -> None:
+    proc, line = start_server("--model", str(model_path))
+    err = stop(proc)
+    assert line.startswith("listening on http://127.0.0.1:"), (line, err)
+    assert "warning" not in err
+    proc, line = start_server("--model", str(model_path), "--host", "0.0.0.0")
+    err = stop(proc)
+    assert line.startswith("listening on http://0.0.0.0:"), (line, err)
+    assert "warning: listening on 0.0.0.0" in err and "no authentication" in err
+
+
+def test_the_command_line_help_warns_about_exposing_the_host() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "course_utils.serve", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        check=True,
+    )
+    text = " ".join(done.stdout.split())
+    assert "default 127.0.0.1: this machine only" in text
+    assert "WARNING: 0.0.0.0 exposes the API to every network" in text
+
+
 # --- the API: good requests -----------------------------------------------------------------------
 
 
@@ -248,7 +587,7 @@ def test_health(client) -> None:
     assert response.status_code == 200
     assert response.get_json() == {
         "status": "ok",
-        "model": "untrained.pt",
+        "model": "untrained.onnx",
         "classes": list(CLASSES),
     }
 
@@ -258,14 +597,31 @@ def test_predict_matches_the_model(client, model, garments: torch.Tensor) -> Non
         response = post(client, encode_png(pixels))
         assert response.status_code == 200
         body = response.get_json()
-        expected = int(model(reference_input(pixels)).argmax(1))
+        with torch.inference_mode():
+            logits = model(reference_input(pixels))
+        expected = int(logits.argmax(1))
         assert body["class_index"] == expected and body["label"] == CLASSES[expected]
         assert list(body) == ["label", "class_index", "probabilities"]
         probs = body["probabilities"]
         assert len(probs) == 3 and probs[0]["class_index"] == expected
+        assert probs[0]["probability"] == pytest.approx(
+            float(torch.softmax(logits, 1).max()), abs=1e-5
+        )
         assert [p["probability"] for p in probs] == sorted(
             (p["probability"] for p in probs), reverse=True
         )
+
+
+def test_response_from_logits_agrees_with_predict_response(model, garments) -> None:
+    x = reference_input(garments[1])
+    with torch.inference_mode():
+        logits = model(x)[0].numpy()
+    ours = serve.response_from_logits(logits, 10)
+    theirs = serve.predict_response(model, x, 10)
+    assert ours["class_index"] == theirs["class_index"]
+    for a, b in zip(ours["probabilities"], theirs["probabilities"], strict=True):
+        assert a["class_index"] == b["class_index"]
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-6)
 
 
 def test_top_k_10_is_a_distribution(client, garments: torch.Tensor) -> None:
@@ -282,27 +638,20 @@ def test_predict_accepts_jpeg_of_odd_size(client) -> None:
     assert response.get_json()["label"] in CLASSES
 
 
-def test_model_is_loaded_once_and_run_in_inference_mode(model_path: Path, monkeypatch) -> None:
+def test_model_is_loaded_once_and_run_in_inference_mode(model_dir: Path, monkeypatch) -> None:
     calls = []
-    real = serve.load_checkpoint
-    monkeypatch.setattr(serve, "load_checkpoint", lambda *a, **k: calls.append(a) or real(*a, **k))
-    app = create_app(model_path)
+    real = serve.load_model
+    monkeypatch.setattr(serve, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    app = create_app(model_dir / "untrained.pt")  # a .pt2's mode is fixed when exported
     seen: list[tuple[bool, bool]] = []
-    app.extensions["course_model"].register_forward_pre_hook(
+    app.extensions["course_model"].module.register_forward_pre_hook(
         lambda m, args: seen.append((torch.is_inference_mode_enabled(), m.training))
     )
     test_client = app.test_client()
     for _ in range(3):
-        assert (
-            post(test_client, encode_png(torch.zeros(28, 28, dtype=torch.uint8))).status_code == 200
-        )
+        assert post(test_client, encode_png(np.zeros((28, 28), np.uint8))).status_code == 200
     assert len(calls) == 1
     assert seen == [(True, False)] * 3
-
-
-def test_a_missing_checkpoint_fails_at_start_up(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="does not exist"):
-        create_app(tmp_path / "nope.pt")
 
 
 # --- the API: every bad request is a 4xx JSON error -----------------------------------------------
@@ -310,12 +659,56 @@ def test_a_missing_checkpoint_fails_at_start_up(tmp_path: Path) -> None:
 
 def test_no_file_field(client) -> None:
     assert_json_error(post(client, None), 400, "field named 'file'")
-    assert_json_error(post(client, b"\x89PNG", field="image"), 400, "fields received: ['image']")
+    assert_json_error(post(client, b"\x89PNG", field="image"), 400, "fields received: 'image'")
 
 
-def test_not_multipart(client) -> None:
-    response = client.post("/predict", data=b"\x89PNG...", content_type="image/png")
-    assert_json_error(response, 400, "multipart/form-data")
+def test_the_field_names_echoed_are_few_and_short(client) -> None:
+    form = {f"{'x' * 500}{i}": "" for i in range(10)}
+    response = client.post("/predict", data=form, content_type="multipart/form-data")
+    assert_json_error(response, 400, "fields received")
+    assert len(response.get_data()) < 400
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("&".join(["a="] * 200_000), "application/x-www-form-urlencoded"),  # 200k empty fields
+        ("secret=" + "s" * 5000, "application/x-www-form-urlencoded"),
+        (b"\x89PNG" + bytes(100), "image/png"),
+        ('{"file": "secret"}', "application/json"),
+        ("secret text", "text/plain"),
+        ("secret", None),
+    ],
+    ids=["200k-fields", "one-long-field", "raw-png", "json", "text", "no-content-type"],
+)
+def test_a_body_that_is_not_multipart_is_415_without_an_echo(client, body, content_type) -> None:
+    response = client.post("/predict", data=body, content_type=content_type)
+    assert_json_error(response, 415, "multipart/form-data")
+    assert len(response.get_data()) < 400
+    assert b"secret" not in response.get_data()
+
+
+def test_too_many_parts_is_413_and_says_so(client) -> None:
+    form = {f"f{i}": "" for i in range(50)}  # a small body: 50 empty fields
+    response = client.post("/predict", data=form, content_type="multipart/form-data")
+    assert_json_error(response, 413, f"more than {serve.MAX_FORM_PARTS} parts")
+    assert "bytes allowed" not in response.get_json()["message"]
+
+
+def test_the_part_limit_is_exact(client) -> None:
+    png = encode_png(np.zeros((28, 28), np.uint8))
+    extra = {f"f{i}": "" for i in range(serve.MAX_FORM_PARTS - 1)}
+    form = {**extra, "file": (io.BytesIO(png), "a.png")}  # exactly MAX_FORM_PARTS parts
+    assert client.post("/predict", data=form).status_code == 200
+    form = {**extra, "g": "", "file": (io.BytesIO(png), "a.png")}  # one more
+    assert_json_error(client.post("/predict", data=form), 413, "parts")
+
+
+def test_an_oversized_text_field_is_413_and_says_so(client) -> None:
+    png = encode_png(np.zeros((28, 28), np.uint8))
+    form = {"note": "x" * (serve.MAX_FIELD_BYTES + 1), "file": (io.BytesIO(png), "a.png")}
+    response = client.post("/predict", data=form, content_type="multipart/form-data")
+    assert_json_error(response, 413, "a text field of the form is larger than the 65,536 bytes")
 
 
 @pytest.mark.parametrize(
@@ -365,19 +758,44 @@ def test_unknown_url_is_404_json(client) -> None:
     assert_json_error(client.get("/predict/now"), 404, "not found")
 
 
-@pytest.mark.parametrize("k", ["0", "11", "-1", "three", ""])
+@pytest.mark.parametrize(
+    "k",
+    ["0", "11", "-1", "three", "", "²", "١", "٣", "9" * 5000, "0" * 4999 + "3", "%203", "3%0A"],
+    ids=[
+        "0",
+        "11",
+        "-1",
+        "three",
+        "empty",
+        "superscript-2",
+        "arabic-1",
+        "arabic-3",
+        "5000-digits",
+        "5000-digits-3",
+        "space",
+        "newline",
+    ],
+)
 def test_bad_top_k(client, k: str, garments: torch.Tensor) -> None:
-    assert_json_error(post(client, encode_png(garments[0]), query=f"?top_k={k}"), 400, "top_k")
+    response = post(client, encode_png(garments[0]), query=f"?top_k={k}")
+    assert_json_error(response, 400, "top_k")
+    assert len(response.get_data()) < 300  # a 5,000-digit value is not echoed back
 
 
 def test_a_bug_is_a_500_json_without_traceback(model_path: Path, monkeypatch) -> None:
     def broken(*args: object, **kw: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(serve, "preprocess_image", broken)
+    monkeypatch.setattr(serve, "preprocess_array", broken)
     response = post(create_app(model_path).test_client(), b"x")
     assert response.status_code == 500 and response.is_json
     assert "secret" not in response.get_data(as_text=True)
+
+
+def test_a_single_huge_16_bit_png_is_answered(client) -> None:
+    """4096² 16-bit: within the limits, answered (200 or a 4xx), never a 5xx."""
+    response = post(client, loadtest.sixteen_bit_png(4096))
+    assert response.status_code < 500 and response.is_json
 
 
 # --- fuzz: no body makes the server fail ----------------------------------------------------------
@@ -432,11 +850,37 @@ def test_fuzz_no_body_gives_a_5xx(client, body: bytes) -> None:
 # --- a real server --------------------------------------------------------------------------------
 
 
+def test_waitress_refuses_a_body_over_the_apps_limit_before_reading_it(model_path: Path) -> None:
+    """The server's body limit is the app's: a request that declares a body at the limit is
+    refused from its headers alone, while the client has not sent a byte of the body (both
+    waitress and werkzeug, behind it, refuse a body of max_bytes or more)."""
+    app = create_app(model_path, max_bytes=50_000)
+    server = serve.ServerThread(app).start()
+    assert server.server.adj.max_request_body_size == app.config["MAX_CONTENT_LENGTH"]
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                b"boundary=b\r\nContent-Length: 50000\r\n\r\n"
+            )
+            answer = conn.recv(4096)  # no body sent: a server waiting for it would time out
+        assert answer.startswith(b"HTTP/1.1 413"), answer
+        below = requests.post(
+            f"{server.url}/predict",
+            data=b"x" * 49_999,
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+            timeout=10,
+        )
+        assert below.status_code == 400 and below.json()["error"] == "no file"  # reached Flask
+    finally:
+        server.stop()
+
+
 def test_real_server_under_concurrent_load(model_path: Path, model, garments: torch.Tensor) -> None:
     bodies = [encode_png(p) for p in garments]
     with torch.inference_mode():
         expected = model(torch.cat([reference_input(p) for p in garments])).argmax(1).tolist()
-    local = __import__("threading").local()
+    local = threading.local()
 
     def one(i: int) -> tuple[int, int]:
         if not hasattr(local, "session"):
@@ -455,7 +899,7 @@ def test_real_server_under_concurrent_load(model_path: Path, model, garments: to
         assert bad.status_code == 415 and "PNG or JPEG" in bad.json()["message"]
         too_big = bytes(serve.DEFAULT_MAX_BYTES + 1)
         huge = requests.post(f"{url}/predict", files={"file": too_big}, timeout=10)
-        assert huge.status_code == 413 and "bytes allowed" in huge.json()["message"]
+        assert huge.status_code == 413  # waitress's own (plain-text) answer
         wrong = requests.get(f"{url}/predict", timeout=10)
         assert wrong.status_code == 405 and wrong.json()["error"] == "method not allowed"
     assert results == [(200, expected[i % 16]) for i in range(200)]
@@ -472,6 +916,15 @@ def test_bench_command_reports_latency(model_path: Path) -> None:
     json.dumps({k: v for k, v in vars(result).items()})  # plain numbers
 
 
+def test_bench_models_compares_the_export_and_the_checkpoint(model_dir: Path) -> None:
+    paths = [model_dir / "untrained.onnx", model_dir / "untrained.pt"]
+    results = loadtest.bench_models(paths, n_requests=30, concurrency=2, warmup=3)
+    assert list(results) == ["untrained.onnx", "untrained.pt"]
+    assert all(
+        r.errors == 0 and r.wrong == 0 and len(r.latencies_ms) == 30 for r in results.values()
+    )
+
+
 def test_bench_sweep_measures_each_concurrency_against_one_server(
     model_path: Path, monkeypatch
 ) -> None:
@@ -482,6 +935,13 @@ def test_bench_sweep_measures_each_concurrency_against_one_server(
     assert len(started) == 1
     assert [r.concurrency for r in results] == [1, 3]
     assert all(r.errors == 0 and r.wrong == 0 and len(r.latencies_ms) == 30 for r in results)
+
+
+def test_bench_memory_reports_the_servers_peak(model_path: Path) -> None:
+    report = loadtest.bench_memory(model_path, clients=2, n_requests=4, side=1024)
+    assert report.statuses == {200: 4} and report.server_errors == 0
+    assert 0 < report.rss_start_mb <= report.peak_rss_mb
+    assert "peak" in report.summary()
 
 
 def test_bench_refuses_unbounded_runs(model_path: Path) -> None:

@@ -121,7 +121,14 @@ def _preprocess_cases() -> tuple[list[tuple[str, bytes, str]], list[tuple[str, b
 _PREPROCESS_SHORTCUTS = [
     (module, name)
     for module in (serve, upload)  # defined in upload, re-exported by serve
-    for name in ("preprocess_image", "decode_image", "to_grey", "needs_inversion")
+    for name in (
+        "preprocess_image",
+        "preprocess_array",
+        "open_image",
+        "decode_image",
+        "to_grey",
+        "needs_inversion",
+    )
 ]
 
 
@@ -132,8 +139,8 @@ def check_preprocess_fn(fn: Callable[[bytes], torch.Tensor]) -> None:
     transparency, a palette PNG, a 16-bit PNG, a 12×90 image) must give a float tensor
     ``[1, 1, 28, 28]`` within one grey level of :func:`course_utils.serve.preprocess_image`; five
     bad ones (empty, text, GIF, truncated PNG and JPEG) must raise ``ValueError``. The package's
-    ``preprocess_image``, ``decode_image``, ``to_grey`` and ``needs_inversion`` are switched off
-    while ``fn`` runs (the framing helpers stay allowed).
+    ``preprocess_image``, ``preprocess_array``, ``open_image``, ``decode_image``, ``to_grey`` and
+    ``needs_inversion`` are switched off while ``fn`` runs (the framing helpers stay allowed).
 
     Raises:
         AssertionError: with a hint naming the likely mistake.
