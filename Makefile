@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 QUICK ?=
 QUICK_FLAG := $(if $(filter-out 0,$(QUICK)),--quick,)
 
-.PHONY: help book test lint data lab exercises solutions grade bench gpu-run clean
+.PHONY: help book test lint data lab exercises solutions grade bench gpu-run vendor-ort clean
 
 help:
 	@echo "make book   - install, fetch data, execute every chapter (QUICK=1 for quick mode), build _build/html"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench  - training-speed benchmark (python -m course_utils.build.bench), table + _build/bench/*.json"
 	@echo "make gpu-run - on a CUDA machine: every notebook in full mode with DEVICE=cuda, then the benchmark"
 	@echo "              (no venv needed; without papermill the notebooks run in process)"
+	@echo "make vendor-ort - re-vendor ONNX Runtime Web (npm) into book/_static/ort/ for the Try-the-model page"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +65,11 @@ GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-run:
 	$(GPU_PYTHON) -m course_utils.data
 	DEVICE=cuda $(GPU_PYTHON) -m course_utils.build.bench --device cuda --run-notebooks full
+
+# The "Try the model" page's runtime: `npm pack onnxruntime-web@<pinned>`, two files copied, their
+# SHA-256 recorded in book/_static/ort/ort-web.json (course_utils/build/web_model.py).
+vendor-ort: $(STAMP)
+	$(PY) -m course_utils.build.web_model vendor
 
 clean:
 	rm -rf _build

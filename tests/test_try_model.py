@@ -1,0 +1,227 @@
+"""The "Try the model" page in a real browser: ONNX Runtime Web against PyTorch.
+
+What it covers, cheaply (no book build, about 15 s): the page's own files as the book ships them
+(``book/_static/try/`` with its HTML fragment, wrapped in a bare page at the same relative place,
+``book/_static/ort/``'s vendored ONNX Runtime Web, and ``models/`` staged by
+:func:`course_utils.build.web_model.stage_model`, the function the book build calls), served on
+127.0.0.1 to Debian's Chromium with every other host blocked. The model is a seeded
+``FashionCNN`` exported with :func:`course_utils.export.export_onnx`, as chapter 8 does. The full
+book page (Sphinx's wrapping, chapter 8's real file) is loaded by ``tests/test_site.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from course_utils import upload
+from course_utils.build import web_model
+from course_utils.data import load_tensors
+from course_utils.export import export_onnx
+from course_utils.models import FashionCNN
+from course_utils.paths import REPO_ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"
+)
+STATIC = REPO_ROOT / "book" / "_static"
+N_IMAGES = 20
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def build_site(root: Path, model_dir: Path) -> None:
+    """The page's files at the book's relative places, with ``models/`` staged from
+    ``model_dir``."""
+    fragment = (STATIC / "try" / "try_model.html").read_text()
+    (root / "book").mkdir(parents=True)
+    (root / "book" / "try_model.html").write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>Try the model</title></head>"
+        f"<body><main>{fragment}</main></body></html>"
+    )
+    for name in ("try", "ort"):
+        shutil.copytree(STATIC / name, root / "_static" / name)
+    staging = root.parent / f"{root.name}_staging"
+    web_model.stage_model(staging, quick=True, source=model_dir)
+    shutil.copytree(staging / "book" / "_extra" / "models", root / "models")
+
+
+@pytest.fixture(scope="module")
+def model() -> FashionCNN:
+    torch.manual_seed(0)
+    return FashionCNN().eval()
+
+
+@pytest.fixture(scope="module")
+def site(model: FashionCNN, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Two sites on one loopback server: ``ok/`` with the model, ``missing/`` without."""
+    root = tmp_path_factory.mktemp("sites")
+    export_onnx(model, torch.zeros(2, 1, 28, 28), root / "export" / "fashion_cnn.onnx")
+    build_site(root / "ok", root / "export")
+    build_site(root / "missing", root / "nothing")
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with playwright.sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def open_page(browser, url: str) -> tuple[object, list[str], list[str]]:
+    """The page after ``tryModel.ready`` settled; its console errors and off-site requests."""
+    page = browser.new_page()
+    errors: list[str] = []
+    external: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def route(r) -> None:
+        if urlparse(r.request.url).hostname == "127.0.0.1":
+            r.continue_()
+        else:
+            external.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(url)
+    page.wait_for_function("window.tryModel && window.tryModel.ready", timeout=30_000)
+    page.evaluate("window.tryModel.ready")
+    return page, errors, external
+
+
+def upload_and_read(page, path: Path, count: int) -> dict:
+    page.set_input_files("#try-file", str(path))
+    page.wait_for_function(
+        f"document.getElementById('try-top3').dataset.count === '{count}'", timeout=10_000
+    )
+    return page.evaluate("window.tryModel.last")
+
+
+def test_twenty_test_images_match_pytorch(
+    site: str, browser, model: FashionCNN, tmp_path: Path
+) -> None:
+    page, errors, external = open_page(browser, f"{site}/ok/book/try_model.html")
+    assert page.get_attribute("#try-status", "data-state") == "ready", page.inner_text(
+        "#try-status"
+    )
+    assert "SHA-256" in page.inner_text("#try-status")
+    images = load_tensors(None)["test"].images[:N_IMAGES]
+    worst, same = 0.0, 0
+    for i, pixels in enumerate(images):
+        data = upload.encode_png(pixels)
+        path = tmp_path / f"test_{i}.png"
+        path.write_bytes(data)
+        got = upload_and_read(page, path, i + 1)
+        x = upload.preprocess_array(data)  # what chapter 9's server feeds the model
+        assert got["pixels"] == pixels.flatten().tolist(), f"image {i}: preprocessing differs"
+        assert np.array_equal(np.float32(got["input"]), x.reshape(-1)), f"image {i}: input"
+        with torch.no_grad():
+            expected = torch.softmax(model(torch.from_numpy(x)), 1)[0].numpy()
+        worst = max(worst, float(np.abs(np.array(got["probs"]) - expected).max()))
+        same += int(got["top3"][0] == int(expected.argmax()))
+    print(f"\n{N_IMAGES} test images: max |p_browser - p_torch| = {worst:.2e}, same top-1: {same}")
+    assert worst <= 1e-4, f"largest probability difference {worst:.2e}"
+    assert same == N_IMAGES, f"{N_IMAGES - same} predicted classes differ"
+    assert page.locator("#try-top3 li").count() == 3
+    assert not errors, errors
+    assert not external, f"the page needs other hosts (breaks offline): {external}"
+
+
+def larger_images() -> list[tuple[str, np.ndarray]]:
+    """A shop-style photo as RGBA pixels (decoded by Pillow), and a transparent cut-out."""
+    test = load_tensors(None)["test"].images
+    photo = np.asarray(
+        Image.open(io.BytesIO(upload.catalogue_photo(test[0], size=(150, 110)))).convert("RGBA")
+    )
+    garment = test[1].numpy()
+    cutout = np.zeros((84, 56, 4), np.uint8)
+    big = np.asarray(Image.fromarray(garment).resize((56, 56), Image.Resampling.BICUBIC))
+    cutout[14:70, :, :3] = (255 - big)[..., None]  # a dark garment...
+    cutout[14:70, :, 3] = np.where(big > 20, 255, 0)  # ...cut out, on a transparent background
+    return [("photo 150x110", photo), ("cut-out 56x84 with alpha", cutout)]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_larger_images_follow_the_servers_algorithm(site: str, browser, index: int) -> None:
+    """Same RGBA pixels in (no browser decoder involved): crop, fit, stretch as the server.
+    Pillow sometimes runs its two resize passes in the other order, so a few grey levels of
+    difference are allowed (the page states it)."""
+    name, rgba = larger_images()[index]
+    page, errors, _ = open_page(browser, f"{site}/ok/book/try_model.html")
+    got = page.evaluate(
+        "([data, w, h]) => window.tryModel.classify(new Uint8ClampedArray(data), w, h)",
+        [rgba.reshape(-1).tolist(), rgba.shape[1], rgba.shape[0]],
+    )
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buffer, format="PNG")
+    grey = upload.preprocess_array(buffer.getvalue()).reshape(-1) * 0.3530 + 0.2860
+    expected = np.rint(grey * 255).astype(int)
+    diff = np.abs(np.array(got["pixels"]) - expected)
+    exact = (diff == 0).mean()
+    print(f"\n{name}: max grey diff {diff.max()}, mean {diff.mean():.3f}, exact {exact:.1%}")
+    assert got["inverted"], name
+    assert diff.max() <= 8 and diff.mean() <= 1.0, f"{name}: max {diff.max()}, {diff.mean():.2f}"
+    assert not errors, errors
+
+
+def test_drawing_is_classified(site: str, browser) -> None:
+    page, errors, _ = open_page(browser, f"{site}/ok/book/try_model.html")
+    box = page.locator("#try-draw").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 60)
+    page.mouse.down()
+    for x, y in [(220, 60), (220, 220), (60, 220), (60, 60)]:
+        page.mouse.move(box["x"] + x, box["y"] + y, steps=5)
+    page.mouse.up()
+    page.wait_for_function("document.getElementById('try-top3').dataset.count === '1'")
+    last = page.evaluate("window.tryModel.last")
+    assert last["inverted"] and max(last["pixels"]) == 255  # dark strokes on white, stretched
+    assert page.locator("#try-top3 li").count() == 3
+    assert not errors, errors
+
+
+def test_missing_model_is_said_clearly(site: str, browser) -> None:
+    page, errors, external = open_page(browser, f"{site}/missing/book/try_model.html")
+    assert page.get_attribute("#try-status", "data-state") == "missing"
+    text = page.inner_text("#try-status")
+    assert "chapter 8" in text and "--only 08" in text, text
+    assert page.is_disabled("#try-file")
+    assert not errors and not external
+
+
+def test_vendored_runtime_matches_its_record() -> None:
+    record = web_model.verify_vendored()
+    assert record["version"] == web_model.ORT_WEB_VERSION
+    assert set(record["files"]) == set(web_model.ORT_FILES)
+    manifest = json.loads((STATIC / "ort" / "ort-web.json").read_text())
+    assert manifest["files"]["ort-wasm-simd-threaded.wasm"]["bytes"] > 1_000_000
