@@ -279,12 +279,19 @@ def make_app_fn(**mistakes: bool):
             raw_k = request.args.get("top_k", "3")
             if mistakes.get("no_top_k_check"):
                 k = int(raw_k)
-            elif not raw_k.isdigit() or not 1 <= int(raw_k) <= len(CLASSES):
-                return error(400, "bad parameter", f"top_k must be 1 to 10, got {raw_k!r}")
             else:
+                if mistakes.get("isdigit_top_k"):  # '²'.isdigit() is True; int('²') raises
+                    valid = raw_k.isdigit() and 1 <= int(raw_k) <= len(CLASSES)
+                else:
+                    valid = raw_k in {str(k) for k in range(1, 11)}
+                if not valid:
+                    return error(400, "bad parameter", f"top_k must be 1 to 10, got {raw_k!r}")
                 k = int(raw_k)
             upload = request.files.get("file")
             if not mistakes.get("no_file_check") and upload is None:
+                if mistakes.get("echo_fields"):
+                    fields = sorted(set(request.files) | set(request.form))
+                    return error(400, "no file", f"fields received: {fields}")
                 return error(400, "no file", "send a field named 'file'")
             if mistakes.get("uncaught_image_error"):
                 x = preprocess(upload.read())
@@ -332,6 +339,8 @@ def test_flask_app_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> No
         ("with_grad", "inference_mode"),
         ("no_limit", "MAX_CONTENT_LENGTH"),
         ("no_top_k_check", "validate top_k"),
+        ("isdigit_top_k", "str.isdigit() is True for '²'"),
+        ("echo_fields", "never echo the body's fields"),
         ("no_file_check", "request.files.get('file') is None"),
         ("uncaught_image_error", "catch the preprocessing error"),
         ("logits", "softmax over dim 1"),
@@ -343,6 +352,8 @@ def test_flask_app_right_answer_passes(capsys: pytest.CaptureFixture[str]) -> No
         "gradients_recorded",
         "no_upload_size_limit",
         "top_k_not_validated_500",
+        "top_k_isdigit_unicode_500",
+        "form_fields_echoed",
         "missing_file_field_500",
         "bad_image_becomes_500",
         "logits_not_probabilities",
@@ -357,7 +368,7 @@ def test_flask_app_wrong_answer_fails(
 
 
 def app_with_package(model: nn.Module, max_bytes: int = 8 * 2**20) -> Flask:
-    return serve.create_app("model.pt", max_bytes=max_bytes)
+    return serve.create_app("model.onnx", max_bytes=max_bytes)
 
 
 def test_flask_app_shortcut_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,9 +21,19 @@ __all__ = ["check_flask_app"]
 
 _MAX_BYTES = 50_000
 _TOP_K_HINT = (
-    "validate top_k before using it: raw = request.args.get('top_k', '3'); if not "
-    "(raw.isdigit() and 1 <= int(raw) <= 10), answer 400 with a JSON error."
+    "validate top_k before using it: raw = request.args.get('top_k', '3'); if raw is not one "
+    "of '1' … '10' (raw not in {str(k) for k in range(1, 11)}), answer 400 with a JSON error."
 )
+_UNICODE_DIGIT_HINT = (
+    "str.isdigit() is True for '²' and other Unicode digits, and int('²') then raises (a 500); "
+    "int() also refuses 5,000 digits. Accept only the strings '1' … '10': "
+    "raw not in {str(k) for k in range(1, 11)} → 400."
+)
+_FORM_HINT = (
+    "a body that is not multipart/form-data has no 'file': answer 400 or 415 with a short JSON "
+    "message, and never echo the body's fields back (200,000 of them would make a 2 MB answer)."
+)
+_SECRET = "secret-field"
 _IMAGE_HINT = (
     "catch the preprocessing error (ValueError; the package's PreprocessError is one and "
     "carries .status) and answer with its 4xx status and a JSON error."
@@ -32,8 +42,9 @@ _IMAGE_HINT = (
 
 def _bad_requests(
     png: bytes, csv: bytes, truncated: bytes
-) -> list[tuple[str, str, str, dict[str, bytes] | None, set[int], str]]:
-    """``(name, method, url, form, allowed statuses, hint)`` for requests the API must refuse."""
+) -> list[tuple[str, str, str, dict[str, bytes] | bytes | None, set[int], str]]:
+    """``(name, method, url, form, allowed statuses, hint)`` for requests the API must refuse;
+    a ``bytes`` form is sent as an URL-encoded body."""
     return [
         (
             "an upload in a field named 'image', not 'file'",
@@ -60,6 +71,30 @@ def _bad_requests(
         ("?top_k=abc", "POST", "/predict?top_k=abc", {"file": png}, {400}, _TOP_K_HINT),
         ("?top_k=-2", "POST", "/predict?top_k=-2", {"file": png}, {400}, _TOP_K_HINT),
         (
+            "?top_k=² (a Unicode digit)",
+            "POST",
+            "/predict?top_k=²",
+            {"file": png},
+            {400},
+            _UNICODE_DIGIT_HINT,
+        ),
+        (
+            "?top_k= of 5,000 digits",
+            "POST",
+            "/predict?top_k=" + "9" * 5000,
+            {"file": png},
+            {400},
+            _UNICODE_DIGIT_HINT,
+        ),
+        (
+            "an URL-encoded body of 2,000 fields (not multipart)",
+            "POST",
+            "/predict",
+            "&".join(f"{_SECRET}{i}=" for i in range(2000)).encode(),
+            {400, 415},
+            _FORM_HINT,
+        ),
+        (
             "GET /predict (wrong method)",
             "GET",
             "/predict",
@@ -71,7 +106,11 @@ def _bad_requests(
     ]
 
 
-def _send(app: Any, method: str, url: str, form: dict[str, bytes] | None) -> Any:
+def _send(app: Any, method: str, url: str, form: dict[str, bytes] | bytes | None) -> Any:
+    if isinstance(form, bytes):
+        return app.test_client().open(
+            url, method=method, data=form, content_type="application/x-www-form-urlencoded"
+        )
     data = None if form is None else {k: (io.BytesIO(v), "upload") for k, v in form.items()}
     return app.test_client().open(url, method=method, data=data)
 
@@ -82,8 +121,10 @@ def check_flask_app(make_app: Callable[..., Any]) -> None:
     Checked through ``app.test_client()``: a 28×28 PNG (default ``top_k`` 3, and ``?top_k=5``) must
     give exactly the API's probabilities, a 97×61 JPEG with ``?top_k=10`` the same within 0.02
     (own preprocessing may differ by a grey level); a missing ``file`` field, a CSV, a truncated
-    PNG, a body over ``max_bytes``, four bad ``top_k`` values and ``GET /predict`` must each get a
-    4xx JSON ``{"error", …}`` (400, 400/415, 400, 413, 400, 405), never a 5xx. The model (dropout,
+    PNG, a body over ``max_bytes``, six bad ``top_k`` values (``²`` and 5,000 digits among them),
+    an URL-encoded body (whose field names must not be echoed) and ``GET /predict`` must each get
+    a 4xx JSON ``{"error", …}`` (400, 400/415, 400, 413, 400, 400/415, 405), never a 5xx. The
+    model (dropout,
     handed over in training mode) must run in eval mode without gradients, and a second
     ``make_app`` must give a second working app (a factory). ``create_app`` and
     ``predict_response`` are switched off meanwhile.
@@ -156,7 +197,7 @@ def check_flask_app(make_app: Callable[..., Any]) -> None:
         ex,
         "make_app's /predict answers a PNG, a PNG with top_k=5 and a JPEG with the API's "
         f"probabilities (eval mode, no gradients), and {n_bad} bad requests (no file field, "
-        "CSV, truncated, too large, bad top_k, GET) with 4xx JSON",
+        "CSV, truncated, too large, bad top_k, an URL-encoded body, GET) with 4xx JSON",
     )
 
 
@@ -280,4 +321,12 @@ def _check_bad(ex: str, name: str, response: Any, allowed: set[int], hint: str) 
             ex,
             f"{name}: status {status} with the body {shown!r}, not JSON with an 'error' key",
             "answer every error with jsonify(error=..., message=...), status. " + hint,
+        )
+    echoed = response.get_data(as_text=True).count(_SECRET)
+    if echoed:
+        raise failure(
+            ex,
+            f"{name}: the answer ({len(response.get_data()):,} bytes) echoes {echoed} of the "
+            "body's field names back",
+            hint,
         )
