@@ -91,11 +91,11 @@ class ChecksumError(DataUnavailableError):
 
 
 def default_data_dir() -> Path:
-    """The data root: ``$COURSE_DATA_DIR`` if set, else ``data/`` at the repository root."""
+    """The data root: ``$COURSE_DATA_DIR`` if set, else ``data/`` at the repository root (the
+    notebook's folder where the course is installed from an archive: see :mod:`.paths`)."""
     if env := os.environ.get("COURSE_DATA_DIR"):
         return Path(env).expanduser()
-    root = REPO_ROOT if (REPO_ROOT / "pyproject.toml").exists() else Path.cwd()
-    return root / "data"
+    return REPO_ROOT / "data"
 
 
 def _sha256(path: Path) -> str:
