@@ -9,7 +9,8 @@ capped at the API's 8 MB, the server bound to 127.0.0.1 only, no tracebacks in t
 module on every rerun; older Streamlit releases trip over ``torch.classes`` there, and a deployed
 app does not need it; chapter 9 explains.) The model is ``$COURSE_MODEL_PATH`` if set, otherwise the
 chapter-1 checkpoint (full, else quick). Uploads go through exactly the preprocessing of the
-Flask API (:func:`course_utils.upload.preprocess_image`); the Grad-CAM overlay is chapter 10's.
+Flask API (:func:`course_utils.upload.preprocess_array`), under a decode-memory budget shared by
+all sessions, as the API's; the Grad-CAM overlay is chapter 10's.
 
 Sessions: Streamlit serves every browser tab (session) from one process, each on its own thread.
 The model is loaded once and shared (``st.cache_resource``) and is only ever used read-only, for
@@ -39,15 +40,17 @@ from torch import nn
 
 from course_utils.baseline import BASELINE
 from course_utils.data import CLASSES, MEAN, STD, DataUnavailableError, load_tensors
-from course_utils.serve import DEFAULT_MAX_BYTES
+from course_utils.serve import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET
 from course_utils.train import CheckpointError, checkpoint_path, load_checkpoint
 from course_utils.upload import (
     ImageTooLarge,
     InvalidImage,
+    MemoryBudget,
     PreprocessError,
+    ServerBusy,
     UnsupportedImage,
     encode_png,
-    preprocess_image,
+    preprocess_array,
 )
 
 try:  # chapter 10's Grad-CAM; the app works without it
@@ -97,6 +100,13 @@ def session_model(state: MutableMapping[str, Any], shared: nn.Module, key: str) 
 
 
 @st.cache_resource
+def decode_budget() -> MemoryBudget:
+    """The memory all sessions' decodes may hold together, as the API's (shared, thread-safe):
+    eight tabs uploading huge images take turns instead of multiplying the memory by eight."""
+    return MemoryBudget(DEFAULT_MEMORY_BUDGET)
+
+
+@st.cache_resource
 def test_images() -> tuple[torch.Tensor, torch.Tensor]:
     """The 10,000 test images and labels (uint8, 28×28)."""
     test = load_tensors()["test"]
@@ -137,7 +147,9 @@ def upload_problem(err: PreprocessError) -> str:
     if isinstance(err, UnsupportedImage):
         return f"This file is not a PNG or JPEG image ({err}). Upload a .png or .jpg photo."
     if isinstance(err, ImageTooLarge):
-        return f"This image has too many pixels ({err}). Resize it below 4096×4096 and retry."
+        return f"This image is too large to decode ({err}). Upload a smaller one."
+    if isinstance(err, ServerBusy):
+        return f"The server is busy with other uploads ({err}). Try again in a minute."
     if isinstance(err, InvalidImage):
         return f"This file is corrupt or truncated ({err}). Save or export it again."
     return f"This file cannot be classified: {err}"
@@ -199,7 +211,7 @@ def main() -> None:
         data, invert = upload
 
     try:
-        x = preprocess_image(data, invert=invert)
+        x = torch.from_numpy(preprocess_array(data, invert=invert, budget=decode_budget()))
     except PreprocessError as err:
         st.error(upload_problem(err))
         return
