@@ -225,3 +225,13 @@ def test_vendored_runtime_matches_its_record() -> None:
     assert set(record["files"]) == set(web_model.ORT_FILES)
     manifest = json.loads((STATIC / "ort" / "ort-web.json").read_text())
     assert manifest["files"]["ort-wasm-simd-threaded.wasm"]["bytes"] > 1_000_000
+
+
+def test_staging_refuses_a_model_that_does_not_match_its_hash(tmp_path: Path) -> None:
+    source = tmp_path / "export"
+    source.mkdir()
+    (source / "fashion_cnn.onnx").write_bytes(b"not the exported bytes")
+    (source / "fashion_cnn.onnx.sha256").write_text(f"{'0' * 64}  fashion_cnn.onnx\n")
+    manifest = json.loads(web_model.stage_model(tmp_path / "site", True, source).read_text())
+    assert manifest["available"] is False and "SHA-256" in manifest["reason"]
+    assert not (tmp_path / "site" / "book" / "_extra" / "models" / "fashion_cnn.onnx").exists()
