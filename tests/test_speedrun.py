@@ -1,0 +1,51 @@
+"""``course_utils.speedrun``: the fast recipe's schedule, evaluation and determinism (tiny runs,
+about 3 s in all; its speed is the benchmark's business, not a test's)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_utils.data import FashionMNISTTensors
+from course_utils.models import FashionCNN
+from course_utils.speedrun import Recipe, _schedule, accuracy_tta, train_recipe
+
+
+def fake_split(n: int, seed: int = 0) -> FashionMNISTTensors:
+    """``n`` random uint8 images with random labels (enough to exercise the loop)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return FashionMNISTTensors(images, labels)
+
+
+def test_schedule_rises_to_one_at_the_warmup_then_falls_to_zero() -> None:
+    factors = _schedule(10, 0.2).tolist()
+    assert len(factors) == 10
+    assert factors[:2] == pytest.approx([0.5, 1.0]) and factors[-1] == 0.0
+    assert all(a > b for a, b in zip(factors[1:], factors[2:], strict=False))
+
+
+def test_tta_adds_the_logits_of_the_mirror_images() -> None:
+    """A model that reads only the left half: with TTA its prediction uses both halves."""
+    data = fake_split(64)
+    torch.manual_seed(0)
+    model = FashionCNN(width=4).eval()
+    with torch.no_grad():
+        x = (data.images.unsqueeze(1).float() / 255 - 0.2860) / 0.3530
+        plain = (model(x).argmax(1) == data.labels).float().mean().item()
+        both = ((model(x) + model(x.flip(-1))).argmax(1) == data.labels).float().mean().item()
+    assert accuracy_tta(model, data, tta=False) == pytest.approx(plain)
+    assert accuracy_tta(model, data, tta=True) == pytest.approx(both)
+    assert plain != both, "pick another seed: the check cannot tell TTA from no TTA"
+
+
+def test_a_run_is_reproducible_and_checkpoints_are_timed() -> None:
+    train, test = fake_split(512), fake_split(128, seed=1)
+    recipe = Recipe(epochs=2, width=4, batch_size=64, ema=0.9)
+    a = train_recipe(train, test, recipe, seed=3, checkpoint_epochs=(1, 2))
+    b = train_recipe(train, test, recipe, seed=3)
+    assert a.accuracy == b.accuracy
+    assert [c["epoch"] for c in a.checkpoints] == [1, 2]
+    assert 0 < a.checkpoints[0]["seconds"] < a.checkpoints[1]["seconds"] == a.seconds
+    assert a.checkpoints[-1]["accuracy"] == a.accuracy
