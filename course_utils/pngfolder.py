@@ -212,6 +212,8 @@ def load_grey(
                 _check_size(path, img.size, expected_size, max_pixels)
                 img.load()  # decodes the pixels: a truncated file fails here, not at open()
                 image = img.copy()
+    except BadImageError:  # from _check_size: already says what is wrong
+        raise
     except Image.DecompressionBombError as err:  # Pillow's own guard, above ~179 megapixels
         raise BadImageError(f"{path}: too large, not decoded ({err})") from None
     except UnidentifiedImageError:

@@ -238,7 +238,7 @@ def test_skip_policy_reports_every_bad_file(bad_root: tuple[Path, dict[str, str]
     assert "folder inside a class folder" in reasons["subfolder"]
     assert "nested.png" not in kept
     assert "broken symbolic link" in reasons.get("broken_link.png", "broken symbolic link")
-    assert "size 32×32, expected 28×28" in reasons["wrong_size.png"]
+    assert reasons["wrong_size.png"].startswith("bad file, skipped: size 32×32, expected 28×28")
     assert reasons[".DS_Store"] == "hidden file: ignored"
     assert reasons["._good.png"] == "hidden file: ignored"  # macOS AppleDouble, PNG-named
     assert reasons["notes.txt"] == "not a .png file: ignored"
@@ -360,6 +360,7 @@ def _skipped_and_raised(root: Path, rel: str, words: str, **kwargs: object) -> P
     reasons = {s.path: s.reason for s in ds.report}
     assert rel in reasons, f"{rel} not in the report {reasons}"
     assert words in reasons[rel] and reasons[rel].startswith("bad "), reasons[rel]
+    assert str(root) not in reasons[rel], f"the reason repeats the path: {reasons[rel]}"
     assert all(Path(p).relative_to(root).as_posix() != rel for p, _ in ds.samples)
     with pytest.raises(BadImageError) as err:
         PNGFolder(root, on_error="raise", **kwargs)  # type: ignore[arg-type]
