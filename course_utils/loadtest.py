@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from .paths import REPO_ROOT
+from .serve import DEFAULT_THREADS
 from .upload import SIZE, encode_png, normalise_array
 
 __all__ = [
@@ -228,7 +229,7 @@ def bench(
     n_requests: int = 2000,
     concurrency: int = 8,
     *,
-    threads: int = 8,
+    threads: int = DEFAULT_THREADS,
     warmup: int = 50,
     deadline_s: float = 300.0,
 ) -> BenchResult:
@@ -250,7 +251,7 @@ def bench_sweep(
     n_requests: int = 2000,
     concurrencies: Sequence[int] = (1, 2, 4, 8),
     *,
-    threads: int = 8,
+    threads: int = DEFAULT_THREADS,
     warmup: int = 50,
     deadline_s: float = 300.0,
 ) -> list[BenchResult]:
@@ -281,7 +282,7 @@ def bench_models(
     n_requests: int = 2000,
     concurrency: int = 8,
     *,
-    threads: int = 8,
+    threads: int = DEFAULT_THREADS,
     warmup: int = 50,
     deadline_s: float = 300.0,
 ) -> dict[str, BenchResult]:
@@ -396,7 +397,7 @@ def bench_memory(
     n_requests: int = 32,
     side: int = 4096,
     *,
-    threads: int = 8,
+    threads: int = DEFAULT_THREADS,
 ) -> MemoryReport:
     """Peak server memory while ``clients`` send ``n_requests`` ``side × side`` 16-bit PNGs.
 
