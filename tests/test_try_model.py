@@ -235,3 +235,27 @@ def test_staging_refuses_a_model_that_does_not_match_its_hash(tmp_path: Path) ->
     manifest = json.loads(web_model.stage_model(tmp_path / "site", True, source).read_text())
     assert manifest["available"] is False and "SHA-256" in manifest["reason"]
     assert not (tmp_path / "site" / "book" / "_extra" / "models" / "fashion_cnn.onnx").exists()
+
+
+def test_greyscale_matches_the_server_for_every_grey_and_alpha(site: str, browser) -> None:
+    """toGrey against upload.to_grey: all 256 × 256 (grey, alpha) pairs and 4,096 random colours
+    with random alpha, so transparency is handled as the server does, byte for byte."""
+    rng = np.random.default_rng(0)
+    pairs = np.zeros((256, 256, 4), np.uint8)
+    pairs[..., :3] = np.arange(256, dtype=np.uint8)[None, :, None]
+    pairs[..., 3] = np.arange(256, dtype=np.uint8)[:, None]
+    colours = rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    page, errors, _ = open_page(browser, f"{site}/ok/book/try_model.html")
+    for rgba in (pairs, colours):
+        h, w = rgba.shape[:2]
+        got = page.evaluate(
+            """async ([data, w, h]) => {
+                const p = await import(new URL("../_static/try/preprocess.js", location.href));
+                return Array.from(p.toGrey(new Uint8Array(data), w, h));
+            }""",
+            [rgba.reshape(-1).tolist(), w, h],
+        )
+        expected = upload.to_grey(Image.fromarray(rgba, "RGBA")).reshape(-1)
+        bad = np.flatnonzero(np.array(got) != expected)
+        assert bad.size == 0, f"{bad.size} pixels differ, first RGBA {rgba.reshape(-1, 4)[bad[0]]}"
+    assert not errors, errors
