@@ -345,11 +345,12 @@ def accept_kernel_dialog(page) -> None:
 
 def run_all(page) -> None:
     """Run → Run All Cells, through the menu bar; clicked again (at most twice) if no cell was
-    queued 15 s later, so a click that Lab drops while still restoring its layout does not hang
-    the test."""
+    queued 15 s later, after answering a Select Kernel dialog if Lab opened one, so that neither
+    a dropped click nor a late dialog hangs the test."""
     started = """sel => [...document.querySelectorAll(sel + ' .jp-CodeCell .jp-InputPrompt')]
         .some(e => e.textContent.trim() !== '[ ]:')"""
     for _ in range(3):
+        accept_kernel_dialog(page)
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
         try:
