@@ -43,8 +43,9 @@ test: $(STAMP) data lint
 	$(PY) -m course_utils.exercises check
 	$(PY) -m pytest --nbval --nbval-sanitize-with solutions/nbval_sanitize.cfg -p no:cacheprovider tests solutions
 
+# As root (a container, a CI box) Jupyter refuses to start without --allow-root.
 lab: $(STAMP) data
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
 
 exercises: $(STAMP)
 	$(PY) -m course_utils.exercises build
