@@ -43,6 +43,7 @@ from .exercises import render
 __all__ = [
     "CELL_ID",
     "ENV_VAR",
+    "METADATA",
     "NOTHING_TO_DO",
     "TAGS",
     "archive_url",
@@ -55,6 +56,9 @@ __all__ = [
 
 CELL_ID = "course-setup"
 TAGS = ["remove-cell"]
+# Folded where the learner works: JupyterLab collapses the code (``jupyter.source_hidden``) and
+# Colab shows the ``@title`` line as a form (``cellView``); one click opens it.
+METADATA = {"tags": TAGS, "jupyter": {"source_hidden": True}, "cellView": "form"}
 ENV_VAR = "COURSE_INSTALL_SOURCE"
 NOTHING_TO_DO = "course_utils is installed: nothing to set up."
 FOLDERS = {  # folder → glob of the notebooks that carry the cell
@@ -64,6 +68,7 @@ FOLDERS = {  # folder → glob of the notebooks that carry the cell
 }
 
 TEMPLATE = r'''
+# @title Course setup (Colab, Binder): does nothing where course_utils imports
 # Setup for Colab, Binder or any Jupyter without the course: installs the course's
 # package, course_utils, and fetches Fashion-MNIST. Does nothing where it imports.
 # To install from elsewhere, set COURSE_INSTALL_SOURCE (a folder, a wheel or a URL).
@@ -175,12 +180,13 @@ def _cell(source: str, outputs: list[NotebookNode], old: NotebookNode | None) ->
     if (
         old is not None
         and old.source == source
-        and old.metadata.get("tags") == TAGS
+        and dict(old.metadata) == METADATA
         and _plain(old.get("outputs", [])) == _plain(outputs)
         and (old.get("execution_count") is not None) == bool(outputs)
     ):
         return old
-    cell = nbformat.v4.new_code_cell(source, metadata={"tags": list(TAGS)}, id=CELL_ID)
+    metadata = {**METADATA, "tags": list(TAGS), "jupyter": dict(METADATA["jupyter"])}
+    cell = nbformat.v4.new_code_cell(source, metadata=metadata, id=CELL_ID)
     cell.outputs = outputs
     if outputs:  # a stored output comes from a run: solutions/ are stored executed
         cell.execution_count = 1
@@ -196,8 +202,8 @@ def _problem(path: Path, source: str) -> str | None:
         return "no setup cell right after the title"
     if cell.source != source:
         return "the setup cell's code is not the current one"
-    if cell.metadata.get("tags") != TAGS:
-        return f"the setup cell's tags are {cell.metadata.get('tags')}, not {TAGS}"
+    if dict(cell.metadata) != METADATA:
+        return f"the setup cell's metadata is {dict(cell.metadata)}, not {METADATA}"
     if _plain(cell.get("outputs", [])) != _plain(_outputs(path)):
         return "the setup cell's stored output is not the expected one"
     if sum(c.get("id") == CELL_ID for c in nb.cells) != 1:
