@@ -31,6 +31,7 @@ import torchvision
 from torch.utils.data import Subset
 from torchvision import transforms
 
+from .fashion_mnist import CLASSES, MEAN, STD
 from .paths import REPO_ROOT
 
 __all__ = [
@@ -53,20 +54,6 @@ __all__ = [
     "train_val_indices",
 ]
 
-CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-MEAN: float = 0.2860
-STD: float = 0.3530
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHA256: dict[str, str] = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",

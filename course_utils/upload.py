@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .fashion_mnist import CLASSES, MEAN, STD
+
 if TYPE_CHECKING:
     import torch
 
@@ -80,20 +82,6 @@ __all__ = [
     "to_grey",
 ]
 
-# The data set's facts, here without torch (course_utils.data holds the same; a test compares).
-CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-MEAN, STD = 0.2860, 0.3530
 
 FORMATS: tuple[str, ...] = ("PNG", "JPEG")
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 megapixels: checked from the header before decoding

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from course_utils import data, loadtest, serve, upload
+from course_utils import loadtest, serve, upload
 from course_utils.artefacts import ModelFileError, save_atomically
 from course_utils.data import CLASSES, MEAN, STD
 from course_utils.models import FashionCNN
@@ -289,11 +289,6 @@ def test_pillow_warns_above_its_limit_raises_above_twice_it_and_the_server_refus
         Image.open(io.BytesIO(raised))
     with pytest.raises(ImageTooLarge, match="decompression-bomb guard"):
         preprocess_image(raised)
-
-
-def test_the_torch_free_constants_are_the_data_sets() -> None:
-    assert upload.CLASSES == data.CLASSES
-    assert (upload.MEAN, upload.STD) == (data.MEAN, data.STD)
 
 
 def test_preprocess_array_is_the_tensor_as_numpy(garments: torch.Tensor) -> None:
