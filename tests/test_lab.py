@@ -37,21 +37,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from browser_support import SCREENSHOTS, chromium, requires_chromium
 
 from course_utils.build import pipeline
 from course_utils.build.exercises import BEGIN, END, strip_solutions
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SCREENSHOTS = pipeline.BUILD / "screenshots"
 CHAPTER = "notebooks/05_visualising.ipynb"
 EXERCISE = "exercises/05_visualising_exercises.ipynb"
 SOLUTION = "solutions/05_visualising_solutions.ipynb"
@@ -66,9 +56,7 @@ LAB_SETTINGS = {
 }
 
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"
-)
+pytestmark = requires_chromium
 
 
 # --- the temporary copy -------------------------------------------------------------------------
@@ -91,6 +79,15 @@ def inject_quick(path: Path) -> None:
     from papermill.parameterize import parameterize_notebook
 
     nb = parameterize_notebook(load_notebook_node(str(path)), {"QUICK": True})
+    nbformat.write(nb, path)
+
+
+def unfold_cells(path: Path) -> None:
+    """Show every cell's code: Lab draws a folded cell (the setup cell is stored folded, with
+    ``jupyter.source_hidden``) without its prompt, so the test could not read its count."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        cell.metadata.get("jupyter", {}).pop("source_hidden", None)
     nbformat.write(nb, path)
 
 
@@ -134,6 +131,8 @@ def lab_repo(tmp_path_factory: pytest.TempPathFactory, fashion_root: Path) -> Pa
         shutil.copytree(checkpoints, root / "checkpoints")
     inject_quick(root / CHAPTER)
     fill_task(root / EXERCISE, root / SOLUTION, FILLED)
+    for notebook in (CHAPTER, EXERCISE):
+        unfold_cells(root / notebook)
     return root
 
 
@@ -260,12 +259,8 @@ def lab(lab_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[La
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """One headless Chromium for the module."""
-    with playwright.sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
 
 
 @pytest.fixture

@@ -7,30 +7,16 @@ of each page is saved to ``_build/screenshots/`` for a reviewer to look at.
 
 from __future__ import annotations
 
-import functools
-import http.server
-import shutil
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
 
 import nbformat
 import pytest
 import yaml
+from browser_support import SCREENSHOTS, chromium, requires_chromium, serve_directory
 
 from course_utils.build import pipeline
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SCREENSHOTS = pipeline.BUILD / "screenshots"
 # Console errors of the theme itself, not of the course: jupyter-book 1.0.4 registers
 # sphinx-thebe's inline configuration script twice, so its `const` is declared twice. Thebe
 # (live code cells) is not used by this book; nothing else on the page is affected.
@@ -68,43 +54,21 @@ CLIPPED_CODE_JS = """els => els
     .filter(e => e.scrollWidth > e.clientWidth + 1)
     .map(e => e.innerText.split("\\n").reduce((a, b) => (a.length >= b.length ? a : b)))"""
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"
-)
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """A static file server that does not log every request to stderr."""
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+pytestmark = requires_chromium
 
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[str]:
     """The quick-mode book, served over HTTP on a free loopback port."""
-    html = pipeline.ensure_book(quick=True).parent
-    handler = functools.partial(QuietHandler, directory=str(html))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve_directory(pipeline.ensure_book(quick=True).parent) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """One headless Chromium for the module; requests to any other host are blocked."""
-    with playwright.sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
 
 
 def open_page(browser, url: str) -> tuple[object, object, list[str], list[str]]:

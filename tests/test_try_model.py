@@ -11,12 +11,9 @@ book page (Sphinx's wrapping, chapter 8's real file) is loaded by ``tests/test_s
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import json
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,6 +21,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 import torch
+from browser_support import chromium, requires_chromium, serve_directory
 from PIL import Image
 
 from course_utils import upload
@@ -33,18 +31,10 @@ from course_utils.export import export_onnx
 from course_utils.models import FashionCNN
 from course_utils.paths import REPO_ROOT
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"
-)
+pytestmark = requires_chromium
 STATIC = REPO_ROOT / "book" / "_static"
 N_IMAGES = 20
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def build_site(root: Path, model_dir: Path) -> None:
@@ -76,26 +66,14 @@ def site(model: FashionCNN, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     export_onnx(model, torch.zeros(2, 1, 28, 28), root / "export" / "fashion_cnn.onnx")
     build_site(root / "ok", root / "export")
     build_site(root / "missing", root / "nothing")
-    handler = functools.partial(QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve_directory(root) as url:
+        yield url.rstrip("/")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    with playwright.sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield instance
-        finally:
-            instance.close()
+    with chromium() as instance:
+        yield instance
 
 
 def open_page(browser, url: str) -> tuple[object, list[str], list[str]]:
