@@ -12,9 +12,10 @@ The server loads **the file chapter 8 exported**, not the course's Python class:
 An exported file must have its SHA-256 sidecar (``<file>.sha256``, written by chapter 8's save
 functions) and match it; otherwise the server refuses to start, with a message that says why.
 
-The upload preprocessing lives in :mod:`course_utils.upload` (NumPy and Pillow only) and the
-load benchmark in :mod:`course_utils.loadtest`; both are re-exported here (the benchmark
-lazily, since it uses torch).
+Loading the model file and building the answer live in :mod:`course_utils.inference`, the form's
+limits in :mod:`course_utils.form_limits`, the upload preprocessing in :mod:`course_utils.upload`
+(NumPy and Pillow only) and the load benchmark in :mod:`course_utils.loadtest`; all are
+re-exported here (the benchmark lazily, since it uses torch).
 
 The API (:func:`create_app`): ``POST /predict`` with a ``multipart/form-data`` field ``file``
 returns ``{"label", "class_index", "probabilities": [{"label", "class_index", "probability"},
@@ -46,18 +47,18 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-from flask import Flask, Request, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-from werkzeug.formparser import FormDataParser
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from .artefacts import ModelFileError, verified
+from .artefacts import ModelFileError
+from .form_limits import MAX_FIELD_BYTES, MAX_FORM_PARTS, FormLimitExceeded, UploadRequest
+from .inference import MODEL_SUFFIXES, load_model, predict_response, response_from_logits
 from .upload import (
     CLASSES,
     DEFAULT_MAX_DECODE_BYTES,
@@ -83,9 +84,6 @@ from .upload import (
     stretch_contrast,
     to_grey,
 )
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "CLASSES",
@@ -132,202 +130,12 @@ __all__ = [
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024  # 8 MiB: a 12-megapixel phone JPEG fits, a video does not
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # what all requests' decodes may hold at once
-MAX_FORM_PARTS = 16  # the API needs one part, 'file'; more is a client's mistake (or an attack)
-MAX_FIELD_BYTES = 64 * 1024  # the largest text (non-file) field of the form kept in memory
-MODEL_SUFFIXES = (".onnx", ".pt2", ".pt")
 # waitress worker threads. Each request is a few milliseconds of mostly GIL-bound Python, so more
 # threads than this only queue for the GIL: on the 2-core machine of chapter 9, 8 clients got a
 # p99 of 18 ms with 2 threads against 27 ms with 8 (the medians of three runs each). Slow
 # clients do not tie up a thread: waitress buffers each request body before a thread takes it.
 DEFAULT_THREADS = 2
 TOP_K = re.compile(r"[0-9]{1,2}")  # ASCII digits only: str.isdigit() is True for '²' too
-
-
-# --- the model file -------------------------------------------------------------------------------
-
-
-def load_model(path: str | Path, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
-    """Load a model file for serving: a function from ``float32 [n, 1, 28, 28]`` inputs to
-    ``[n, 10]`` logits, both NumPy arrays.
-
-    ``.onnx`` runs in ONNX Runtime (no torch), ``.pt2`` is a ``torch.export`` program, ``.pt`` a
-    state_dict checkpoint (the only one that needs the course's model class). ``threads`` is ONNX
-    Runtime's intra-op thread count: 1 suits a server that runs one small image per request on
-    each of several worker threads (the ``serve`` command sets PyTorch's, a global, likewise).
-
-    Raises:
-        ModelFileError: the file is missing, empty, has no ``.sha256`` sidecar (``.onnx`` and
-            ``.pt2``), does not match it, is of an unknown kind or cannot be loaded.
-    """
-    path = Path(path)
-    if path.suffix not in MODEL_SUFFIXES:
-        raise ModelFileError(
-            f"{path.name}: the server takes {', '.join(MODEL_SUFFIXES)} files; export the model "
-            "with chapter 8 (an .onnx file is the usual choice)"
-        )
-    if path.suffix == ".onnx":
-        return _onnx_model(verified(path, "ONNX model", require_sidecar=True), threads)
-    if path.suffix == ".pt2":
-        return _exported_model(verified(path, "torch.export", require_sidecar=True))
-    return _checkpoint_model(path)
-
-
-def _onnx_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - ORT raises its own types for a bad file
-        raise ModelFileError(f"ONNX Runtime could not load {path}: {err}") from None
-    input_name = session.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: x})[0]
-
-    return run
-
-
-def _exported_model(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
-
-    try:
-        module = torch.export.load(path).module()
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged archive
-        raise ModelFileError(f"torch.export.load could not read {path}: {err}") from None
-    return _torch_runner(module)
-
-
-def _checkpoint_model(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from .train import CheckpointError, load_checkpoint
-
-    try:
-        model, _ = load_checkpoint(path, map_location="cpu")
-    except CheckpointError as err:
-        raise ModelFileError(str(err)) from None
-    return _torch_runner(model.eval())
-
-
-def _torch_runner(module: Any) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
-
-    run.module = module  # type: ignore[attr-defined]  # for tests that hook the forward pass
-    return run
-
-
-# --- the answer -----------------------------------------------------------------------------------
-
-
-def response_from_logits(logits: np.ndarray, top_k: int = 3) -> dict[str, Any]:
-    """The ``/predict`` JSON body for one image's ``[10]`` logits: the softmax's ``top_k``
-    largest probabilities first, as plain Python floats and ints (JSON-serialisable)."""
-    z = np.asarray(logits, dtype=np.float64).reshape(-1)
-    exp = np.exp(z - z.max())
-    probs = exp / exp.sum()
-    order = np.argsort(-probs, kind="stable")[:top_k]
-    best = int(order[0])
-    return {
-        "label": CLASSES[best],
-        "class_index": best,
-        "probabilities": [
-            {"label": CLASSES[int(i)], "class_index": int(i), "probability": float(probs[i])}
-            for i in order
-        ],
-    }
-
-
-def predict_response(model: torch.nn.Module, x: torch.Tensor, top_k: int = 3) -> dict[str, Any]:
-    """The ``/predict`` JSON body for a PyTorch ``model`` and one input ``x`` ``[1, 1, 28, 28]``.
-
-    Runs under ``torch.inference_mode()``; the probabilities are the softmax of the logits, the
-    ``top_k`` largest first, as plain Python floats and ints (JSON-serialisable).
-    """
-    import torch
-
-    with torch.inference_mode():
-        probs = torch.softmax(model(x), dim=1)[0]
-    values, indices = probs.topk(top_k)
-    best = int(indices[0])
-    return {
-        "label": CLASSES[best],
-        "class_index": best,
-        "probabilities": [
-            {"label": CLASSES[int(i)], "class_index": int(i), "probability": float(p)}
-            for p, i in zip(values, indices, strict=True)
-        ],
-    }
-
-
-# --- the form's limits, with accurate messages ----------------------------------------------------
-
-
-class FormLimitExceeded(RequestEntityTooLarge):
-    """A 413 for a form that breaks a limit other than the body's size; says which."""
-
-
-class _PartCounter:
-    """Reads a multipart body for werkzeug's parser, counting the part delimiters it passes."""
-
-    def __init__(self, stream: IO[bytes], boundary: bytes, max_parts: int) -> None:
-        self._stream = stream
-        self._delimiter = b"--" + boundary
-        self._tail = b""
-        self._max_parts = max_parts
-        self.delimiters = 0
-        self.body_too_large = False  # the stream itself refused: the body's size limit
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._stream.read(size)
-        except RequestEntityTooLarge:
-            self.body_too_large = True
-            raise
-        window = self._tail + data  # a delimiter may straddle two reads
-        self.delimiters += window.count(self._delimiter)
-        self._tail = window[-(len(self._delimiter) - 1) :]
-        # n parts have n + 1 delimiters (the last closes the form)
-        if self.delimiters > self._max_parts + 1:
-            raise FormLimitExceeded(
-                f"the form has more than {self._max_parts} parts; send one part, the image, in "
-                "a field named 'file'"
-            )
-        return data
-
-
-class _UploadFormParser(FormDataParser):
-    """werkzeug's form parser, raising :class:`FormLimitExceeded` with the limit that was hit
-    (werkzeug raises the same bare 413 for too many parts, a long text field and a large body)."""
-
-    def _parse_multipart(
-        self, stream: IO[bytes], mimetype: str, content_length: int | None, options: Any
-    ) -> Any:
-        max_parts = self.max_form_parts or MAX_FORM_PARTS
-        counter = _PartCounter(stream, options.get("boundary", "").encode("latin-1"), max_parts)
-        self.max_form_parts = max_parts + 1  # the counter, reading ahead, stops the form first
-        try:
-            return super()._parse_multipart(counter, mimetype, content_length, options)  # type: ignore[arg-type]
-        except FormLimitExceeded:
-            raise
-        except RequestEntityTooLarge:
-            if counter.body_too_large:  # the body ran over max_content_length
-                raise
-            raise FormLimitExceeded(
-                f"a text field of the form is larger than the {self.max_form_memory_size:,} "
-                "bytes allowed; send the image as a file part (with a filename) named 'file'"
-            ) from None
-
-
-class UploadRequest(Request):
-    """Flask's request, with a form parser that says which of the form's limits was hit."""
-
-    form_data_parser_class = _UploadFormParser
 
 
 # --- the API --------------------------------------------------------------------------------------

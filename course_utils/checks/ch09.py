@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import serve, upload
+from .. import inference, serve, upload
 from ..data import CLASSES, MEAN, STD
 from ..models import FashionCNN
 from ._common import aliases, call, failure, passed, refuse
@@ -215,7 +215,11 @@ def _compare_preprocessed(
 
 # --- 9.2 ---------------------------------------------------------------------------------------
 
-_RESPONSE_SHORTCUTS = [(serve, "predict_response"), (serve, "create_app")]
+_RESPONSE_SHORTCUTS = [
+    (serve, "predict_response"),
+    (inference, "predict_response"),
+    (serve, "create_app"),
+]
 
 
 def _recording_model(seed: int) -> tuple[nn.Module, list[tuple[bool, bool, int]]]:
