@@ -1,19 +1,25 @@
 """Model files on disk: atomic writes with a SHA-256 sidecar, and the check before loading.
 
-Every exported artefact (``.pt``, ``.pt2``, ``.onnx``) is written to a temporary name, its
-SHA-256 recorded in ``<file>.sha256`` (``sha256sum`` format, so ``sha256sum -c`` also checks it),
-then renamed into place. Loading checks the file against the sidecar first. This module imports
-neither torch nor the course's models: the serving process uses it with ONNX Runtime alone.
+Every model file (checkpoint ``.pt``, TorchScript ``.pt``, ``.pt2``, ``.onnx``) is written to a
+temporary name, its SHA-256 recorded in ``<file>.sha256`` (``sha256sum`` format, so ``sha256sum -c``
+also checks it), then renamed into place. Loading checks the file against the sidecar first; a
+sidecar written by ``sha256sum`` (with or without ``--tag``, any case of hex) is accepted too. This
+module imports neither torch nor the course's models: the serving process uses it with ONNX
+Runtime alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["ModelFileError", "save_atomically", "sha256_of", "sidecar_path", "verified"]
+
+# GNU ``HASH  name`` / ``HASH *name``, or BSD ``SHA256 (name) = HASH`` (``sha256sum --tag``).
+_SIDECAR = re.compile(r"(?:SHA256 \(.*\) = )?([0-9a-fA-F]{64})(?:\s.*)?", re.DOTALL)
 
 
 class ModelFileError(RuntimeError):
@@ -64,7 +70,8 @@ def verified(path: str | Path, what: str, require_sidecar: bool = False) -> Path
     otherwise a file without one is accepted unchecked.
 
     Raises:
-        ModelFileError: missing or empty file, missing sidecar (when required), or a mismatch.
+        ModelFileError: missing or empty file, missing (when required) or malformed sidecar, or
+            a mismatch.
     """
     path = Path(path)
     if not path.is_file():
@@ -80,9 +87,13 @@ def verified(path: str | Path, what: str, require_sidecar: bool = False) -> Path
                 f"or record the hash yourself: sha256sum {path.name} > {sidecar.name}"
             )
         return path
-    fields = sidecar.read_text().split()
-    expected = fields[0] if fields else ""
-    actual = sha256_of(path)
+    found = _SIDECAR.fullmatch(sidecar.read_bytes().decode(errors="replace").strip())
+    if not found:
+        raise ModelFileError(
+            f"{what} file {path}: {sidecar.name} is malformed (empty, or no SHA-256 as sha256sum "
+            f"writes it); save the model again, or run: sha256sum {path.name} > {sidecar.name}"
+        )
+    expected, actual = found[1].lower(), sha256_of(path)
     if actual != expected:
         raise ModelFileError(
             f"{what} file {path} does not match its recorded SHA-256 ({sidecar.name}): "

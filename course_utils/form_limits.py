@@ -1,9 +1,10 @@
 """The upload form's limits, each refused with a message that names it.
 
 werkzeug answers the same bare 413 for a body over the size limit, a form with too many parts
-and an oversized text field. :class:`UploadRequest` (Flask's request with another form parser)
-says which limit was hit: :class:`FormLimitExceeded` for the form's own limits, the plain 413
-for the body's size.
+and an oversized text field, and silently drops a form it cannot parse. :class:`UploadRequest`
+(Flask's request with another form parser) says which limit was hit
+(:class:`FormLimitExceeded` for the form's own limits, the plain 413 for the body's size) and
+answers a malformed form or a part without a name with a 400 that says what is wrong.
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ from __future__ import annotations
 from typing import IO, Any
 
 from flask import Request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
 __all__ = ["MAX_FIELD_BYTES", "MAX_FORM_PARTS", "FormLimitExceeded", "UploadRequest"]
 
 MAX_FORM_PARTS = 16  # the API needs one part, 'file'; more is a client's mistake (or an attack)
-MAX_FIELD_BYTES = 64 * 1024  # the largest text (non-file) field of the form kept in memory
+# The largest text (non-file) field kept in memory. werkzeug applies this limit to its parser's
+# buffer too, for file parts as well: one read (``MultiPartParser.buffer_size``, 64 KiB) plus the
+# tail kept back when a read ends in what may be the start of a delimiter (at most
+# ``"\r\n--" + boundary``, and the boundary comes from a header, which waitress caps at 256 KiB).
+# Set to 64 KiB, it refused most photos over ~100 KB, so it must stay above read + header limit
+# (tests/test_serve.py checks this against the installed werkzeug and waitress). The API uses no
+# text field at all; a larger one is refused with a 413 that says to send a file part.
+MAX_FIELD_BYTES = 1024 * 1024
 
 
 # --- the form's limits, with accurate messages ----------------------------------------------------
@@ -67,9 +75,19 @@ class _UploadFormParser(FormDataParser):
         counter = _PartCounter(stream, options.get("boundary", "").encode("latin-1"), max_parts)
         self.max_form_parts = max_parts + 1  # the counter, reading ahead, stops the form first
         try:
-            return super()._parse_multipart(counter, mimetype, content_length, options)  # type: ignore[arg-type]
+            parsed = super()._parse_multipart(counter, mimetype, content_length, options)  # type: ignore[arg-type]
         except FormLimitExceeded:
             raise
+        except UnicodeDecodeError:  # werkzeug decodes each part's headers as UTF-8
+            raise BadRequest(
+                "a part's headers are not UTF-8 (often a file name in another encoding); "
+                "rename the file with UTF-8 or ASCII characters and send it again"
+            ) from None
+        except ValueError:  # werkzeug's parser, for a form it cannot read
+            raise BadRequest(
+                "the multipart/form-data body is malformed or truncated; send the image in a "
+                "field named 'file' (curl -F file=@photo.jpg …)"
+            ) from None
         except RequestEntityTooLarge:
             if counter.body_too_large:  # the body ran over max_content_length
                 raise
@@ -77,6 +95,12 @@ class _UploadFormParser(FormDataParser):
                 f"a text field of the form is larger than the {self.max_form_memory_size:,} "
                 "bytes allowed; send the image as a file part (with a filename) named 'file'"
             ) from None
+        _, form, files = parsed
+        if None in form or None in files:  # Content-Disposition without name=
+            raise BadRequest(
+                "a part of the form has no name; send the image as a part named 'file'"
+            )
+        return parsed
 
 
 class UploadRequest(Request):

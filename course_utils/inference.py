@@ -3,8 +3,8 @@
 :func:`load_model` turns chapter 8's exported file into a function from ``float32
 [n, 1, 28, 28]`` NumPy inputs to ``[n, 10]`` logits: ``.onnx`` through ONNX Runtime (torch is
 not imported), ``.pt2`` through ``torch.export``, ``.pt`` (a state_dict checkpoint, the load
-benchmark's baseline) through the course's model class. The exported kinds must match their
-SHA-256 sidecar. :func:`response_from_logits` (NumPy) and :func:`predict_response` (PyTorch)
+benchmark's baseline) through the course's model class. Every kind must match its SHA-256
+sidecar. :func:`response_from_logits` (NumPy) and :func:`predict_response` (PyTorch)
 build the answer the API sends.
 """
 
@@ -40,8 +40,8 @@ def load_model(path: str | Path, threads: int = 1) -> Callable[[np.ndarray], np.
     each of several worker threads (the ``serve`` command sets PyTorch's, a global, likewise).
 
     Raises:
-        ModelFileError: the file is missing, empty, has no ``.sha256`` sidecar (``.onnx`` and
-            ``.pt2``), does not match it, is of an unknown kind or cannot be loaded.
+        ModelFileError: the file is missing, empty, has no ``.sha256`` sidecar, does not match
+            it, is of an unknown kind or cannot be loaded.
     """
     path = Path(path)
     if path.suffix not in MODEL_SUFFIXES:
@@ -53,7 +53,7 @@ def load_model(path: str | Path, threads: int = 1) -> Callable[[np.ndarray], np.
         return _onnx_model(verified(path, "ONNX model", require_sidecar=True), threads)
     if path.suffix == ".pt2":
         return _exported_model(verified(path, "torch.export", require_sidecar=True))
-    return _checkpoint_model(path)
+    return _checkpoint_model(verified(path, "checkpoint", require_sidecar=True))
 
 
 def _onnx_model(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:

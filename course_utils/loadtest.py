@@ -204,6 +204,7 @@ def default_models(scratch: Path) -> dict[str, Path]:
     """
     import torch
 
+    from .artefacts import sidecar_path
     from .baseline import BASELINE
     from .export import export_dir, export_onnx
     from .models import FashionCNN
@@ -213,6 +214,9 @@ def default_models(scratch: Path) -> dict[str, Path]:
         checkpoint = checkpoint_path(BASELINE, quick=quick)
         if checkpoint.exists():
             onnx = export_dir(quick=quick) / "fashion_cnn.onnx"
+            if not sidecar_path(checkpoint).is_file():  # saved before checkpoints had one
+                model = load_checkpoint(checkpoint)[0]
+                checkpoint = save_checkpoint(model, scratch / checkpoint.name)
             break
     else:
         torch.manual_seed(0)

@@ -126,25 +126,21 @@ def class_folder_name(label: int, name: str, digits: int = 2) -> str:
     return f"{label:0{digits}d}_{name.replace('/', '-').replace(' ', '-')}"
 
 
-_NUMBERED = re.compile(r"(\d+)_")
-
-
 def check_numbered_order(classes: Sequence[str]) -> None:
-    """Refuse class folders that all start with a number but whose sorted (text) order is not
-    their numeric order: labels taken from the sorted names would silently shift.
+    """Refuse class folders whose text order changes once the numbers in their names are
+    zero-padded (``10_x`` before ``2_y``, ``c10`` before ``c2``, also beside unnumbered folders):
+    labels taken from the sorted names would silently not follow the numbers.
 
     Raises:
-        ValueError: naming the folders in both orders and the fix (zero-padded prefixes).
+        ValueError: naming the folders in both orders and the fix (zero-padded numbers).
     """
-    numbers = [_NUMBERED.match(name) for name in classes]
-    if not classes or not all(numbers):
-        return
-    by_number = sorted(classes, key=lambda name: int(_NUMBERED.match(name)[1]))
+    width = max((len(n) for name in classes for n in re.findall(r"\d+", name)), default=0)
+    by_number = sorted(classes, key=lambda name: re.sub(r"\d+", lambda m: m[0].zfill(width), name))
     if list(classes) != by_number:
         raise ValueError(
             f"class folders sort as text as {list(classes)}, but their numbers say "
             f"{by_number}: labels taken from the sorted names would not match the numbers. "
-            "Zero-pad the prefixes (class_folder_name does: 00_…, 01_…, …, 10_…)."
+            "Zero-pad the numbers in the names (class_folder_name does: 00_…, 01_…, …, 10_…)."
         )
 
 
@@ -429,8 +425,13 @@ class PNGFolder(Dataset):
         return self.transform(load_grey(path, self.expected_size, self.max_pixels)), label
 
     def report_frame(self) -> pd.DataFrame:
-        """The report as a table with columns ``path`` and ``reason``."""
-        return pd.DataFrame([(s.path, s.reason) for s in self.report], columns=["path", "reason"])
+        """The report as a table with columns ``path`` and ``reason``; bytes of a name that are
+        not UTF-8 are shown escaped (``bad\\xff.png``), as pandas refuses them raw."""
+        rows = [
+            [t.encode(errors="surrogateescape").decode(errors="backslashreplace") for t in r]
+            for r in [(s.path, s.reason) for s in self.report]
+        ]
+        return pd.DataFrame(rows, columns=["path", "reason"])
 
 
 def write_decompression_bomb(path: str | Path, width: int = 30000, height: int = 30000) -> int:

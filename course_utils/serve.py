@@ -9,8 +9,9 @@ The server loads **the file chapter 8 exported**, not the course's Python class:
 - ``.pt``: a state_dict checkpoint, which needs the model's class (``FashionCNN``) to load: the
   coupling that exporting removes. It is kept as the baseline of the load benchmark.
 
-An exported file must have its SHA-256 sidecar (``<file>.sha256``, written by chapter 8's save
-functions) and match it; otherwise the server refuses to start, with a message that says why.
+Every model file must have its SHA-256 sidecar (``<file>.sha256``, written by chapter 8's save
+functions and by ``save_checkpoint``) and match it; otherwise the server refuses to start (exit
+status 2), with a message that says why. So does a port that is already taken.
 
 Loading the model file and building the answer live in :mod:`course_utils.inference`, the form's
 limits in :mod:`course_utils.form_limits`, the upload preprocessing in :mod:`course_utils.upload`
@@ -92,6 +93,8 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MEMORY_BUDGET",
     "DEFAULT_THREADS",
+    "CONNECTION_LIMIT",
+    "IDLE_TIMEOUT_S",
     "FORMATS",
     "MAX_FIELD_BYTES",
     "MAX_FORM_PARTS",
@@ -135,6 +138,13 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20  # what all requests' decodes may hold at on
 # p99 of 18 ms with 2 threads against 27 ms with 8 (the medians of three runs each). Slow
 # clients do not tie up a thread: waitress buffers each request body before a thread takes it.
 DEFAULT_THREADS = 2
+# waitress's connection settings. Its defaults (100 connections, 120 s) let 100 clients that open
+# a connection and send nothing lock every other client out for two minutes. Open connections
+# cost a socket and a little memory each, not a thread, so allow many; a connection that sends
+# nothing for IDLE_TIMEOUT_S is closed (a slow upload that keeps sending is not cut, nor a
+# request the app is working on). Past the limit, new clients wait in the kernel's backlog.
+CONNECTION_LIMIT = 1000
+IDLE_TIMEOUT_S = 15
 TOP_K = re.compile(r"[0-9]{1,2}")  # ASCII digits only: str.isdigit() is True for '²' too
 
 
@@ -256,25 +266,33 @@ def create_app(
 
 
 def make_server(
-    app: Flask, host: str = "127.0.0.1", port: int = 0, threads: int = DEFAULT_THREADS
+    app: Flask,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    threads: int = DEFAULT_THREADS,
+    **options: Any,
 ) -> Any:
     """A waitress server for ``app`` whose body limit is the app's own ``MAX_CONTENT_LENGTH``.
 
     waitress reads a whole request body before the app sees it; with the same limit it refuses
-    a larger body from its ``Content-Length`` header alone, before buffering any of it (with its
-    own plain-text 413; below the limit the app answers in JSON).
+    a larger body from its ``Content-Length`` header alone, before buffering any of it. It also
+    sets :data:`CONNECTION_LIMIT` and :data:`IDLE_TIMEOUT_S`; ``options`` override any waitress
+    setting. waitress, not the app, answers four kinds of bad request, in ``text/plain``: 400 (a
+    malformed request line, header or chunked body), 413 (a body over the limit), 431 (headers
+    over 256 KiB) and 501 (a ``Transfer-Encoding`` other than chunked).
     """
     from waitress import create_server
 
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is 1"
-    return create_server(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
+    settings = {
+        "connection_limit": CONNECTION_LIMIT,
+        "channel_timeout": IDLE_TIMEOUT_S,
+        "cleanup_interval": IDLE_TIMEOUT_S / 3,  # how often idle connections are looked for
         # waitress refuses a body of this many bytes or more, as werkzeug does behind it
-        max_request_body_size=app.config["MAX_CONTENT_LENGTH"],
-    )
+        "max_request_body_size": app.config["MAX_CONTENT_LENGTH"],
+        **options,
+    }
+    return create_server(app, host=host, port=port, threads=threads, **settings)
 
 
 class ServerThread:
@@ -285,8 +303,8 @@ class ServerThread:
     :meth:`stop` yourself.
     """
 
-    def __init__(self, app: Flask, threads: int = DEFAULT_THREADS) -> None:
-        self.server = make_server(app, threads=threads)
+    def __init__(self, app: Flask, threads: int = DEFAULT_THREADS, **options: Any) -> None:
+        self.server = make_server(app, threads=threads, **options)
         self.port: int = self.server.effective_port
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
@@ -360,8 +378,16 @@ def _serve(args: argparse.Namespace) -> int:
             "(no authentication, no TLS); put a reverse proxy in front of it",
             file=sys.stderr,
         )
-    server = make_server(app, host=args.host, port=args.port, threads=args.threads)
     host = f"[{args.host}]" if ":" in args.host else args.host
+    try:
+        server = make_server(app, host=args.host, port=args.port, threads=args.threads)
+    except OSError as err:  # the port is taken, the address is not this machine's, …
+        print(
+            f"error: not serving: cannot listen on {host}:{args.port} ({err.strerror or err}); "
+            "stop the program using it or pick another port with --port",
+            file=sys.stderr,
+        )
+        return 2
     print(f"listening on http://{host}:{server.effective_port}", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM too → KeyboardInterrupt
     try:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .artefacts import ModelFileError, save_atomically, verified
 from .models import FashionCNN
 from .paths import REPO_ROOT
 
@@ -292,17 +293,16 @@ def save_checkpoint(model: nn.Module, path: str | Path, **meta: Any) -> Path:
     """Save the weights (``state_dict``), the model's ``config`` if it has one, and ``meta``.
 
     The file holds only tensors and plain Python values, so it loads with ``weights_only=True``.
-    It is written to a temporary name first and renamed, so a crash never leaves half a file.
+    It is written atomically with its SHA-256 in ``<path>.sha256`` (``artefacts.save_atomically``):
+    a crash never leaves half a file, and a later change to the file is detected.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": getattr(model, "config", None),
         "meta": meta,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+
+    def write(tmp: Path) -> None:
         torch.save(payload, tmp)
         try:  # refuse now what load_checkpoint would refuse later, e.g. a NumPy float in meta
             torch.load(tmp, weights_only=True)
@@ -312,16 +312,15 @@ def save_checkpoint(model: nn.Module, path: str | Path, **meta: Any) -> Path:
                 f"meta {sorted(meta)} holds a value that weights_only loading refuses ({detail}); "
                 "pass plain Python values (e.g. float(x)) or tensors"
             ) from None
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return save_atomically(write, path)
 
 
 def load_checkpoint(
     path: str | Path, model: nn.Module | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load a checkpoint made by :func:`save_checkpoint` (safely, with ``weights_only=True``).
+    """Load a checkpoint made by :func:`save_checkpoint` (safely, with ``weights_only=True``),
+    after checking it against its ``.sha256`` if it has one (older files without one load too).
 
     Args:
         path: the ``.pt`` file.
@@ -333,16 +332,17 @@ def load_checkpoint(
         ``(model, meta)``.
 
     Raises:
-        CheckpointError: the file is missing, corrupt, not a course checkpoint, or its weights do
-            not match the model's architecture (the message lists the differences).
+        CheckpointError: the file is missing, corrupt, does not match its ``.sha256``, is not a
+            course checkpoint, or its weights do not match the model's architecture (the message
+            lists the differences).
     """
     path = Path(path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; train and save one first"
-        ) from None
+        payload = torch.load(
+            verified(path, "checkpoint"), map_location=map_location, weights_only=True
+        )
+    except ModelFileError as err:
+        raise CheckpointError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
         raise CheckpointError(
             f"checkpoint {path} could not be read ({type(err).__name__}: {err}); "

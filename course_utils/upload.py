@@ -59,6 +59,7 @@ __all__ = [
     "SIZE",
     "STD",
     "ImageTooLarge",
+    "MAX_JPEG_SCANS",
     "InvalidImage",
     "MemoryBudget",
     "PreprocessError",
@@ -71,6 +72,7 @@ __all__ = [
     "encode_png",
     "exif_orientation",
     "fit_to_square",
+    "jpeg_scans",
     "needs_inversion",
     "normalise",
     "normalise_array",
@@ -86,6 +88,10 @@ __all__ = [
 FORMATS: tuple[str, ...] = ("PNG", "JPEG")
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 megapixels: checked from the header before decoding
 DEFAULT_MAX_DECODE_BYTES = 128 * 2**20  # per upload: the decoded image and its working copies
+# Decoding a progressive JPEG goes over every block of the image once per scan (about 14 ms a scan
+# at 4096² here). Encoders write 2 to ~10 scans (Pillow's progressive=True: 6 grey, 10 colour); a
+# crafted file that repeats a 33-byte scan 1,000 times took 14 s to decode, a thread stalled.
+MAX_JPEG_SCANS = 32
 SIZE = 28
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # how PNG and JPEG files begin
 _ONE_BYTE_MODES = ("1", "L", "P")  # Pillow stores these with 1 byte per pixel
@@ -225,6 +231,12 @@ def open_image(
         raise ImageTooLarge(
             f"{width}×{height} = {width * height:,} pixels is more than the {max_pixels:,} allowed"
         )
+    scans = jpeg_scans(data) if image.format == "JPEG" else 1
+    if scans > MAX_JPEG_SCANS:
+        raise ImageTooLarge(
+            f"this JPEG has {scans:,} scans, more than the {MAX_JPEG_SCANS} allowed (each scan "
+            "decodes the whole image again); save it as a baseline JPEG or a PNG"
+        )
     cost = decode_cost(image.mode, width, height)
     if cost > max_decode_bytes:
         raise ImageTooLarge(
@@ -233,6 +245,30 @@ def open_image(
             "image (28×28 is what the model sees)"
         )
     return image
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The number of scans (SOS markers) in a JPEG, counted from its markers without decoding.
+
+    Segments are skipped by their length; inside a scan's entropy-coded data a 0xFF byte is
+    followed by 0x00 (stuffing) or a restart marker, so the next other marker ends the scan.
+    """
+    scans, i = 0, 2  # after SOI
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:  # entropy-coded data: jump to the next 0xFF
+            i = data.find(b"\xff", i)
+            if i < 0:
+                break
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF or marker == 0x00 or 0xD0 <= marker <= 0xD7:  # fill, stuffing, RSTn
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        scans += marker == 0xDA
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return scans
 
 
 def decode_image(

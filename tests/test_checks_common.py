@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from course_utils.checks._common import ShortcutRefused, call, refuse
 
@@ -34,6 +35,17 @@ def test_refuse_switches_a_function_off_inside_the_block_only() -> None:
             F.dropout(x, 0.5, True)
         assert torch.equal(x * 2, x + x)  # everything else still works
     assert F.dropout(x, 0.0, True).equal(x)  # restored
+
+
+def test_refuse_switches_off_every_shortcut_of_its_list() -> None:
+    shortcuts = [(F, "relu"), (torch, "relu"), (nn, "ReLU")]
+    x = torch.randn(8)
+    with refuse("2.1", shortcuts, task="ReLU"):
+        for owner, name in shortcuts:
+            with pytest.raises(ShortcutRefused, match=rf"called {owner.__name__}\.{name}\n"):
+                getattr(owner, name)(x)
+        by_hand = x.clamp(min=0)  # the answer the task asks for still runs
+    assert torch.equal(by_hand, F.relu(x)) and torch.equal(nn.ReLU()(x), torch.relu(x))
 
 
 def test_refuse_restores_after_an_exception() -> None:

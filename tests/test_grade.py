@@ -114,6 +114,16 @@ def test_a_refused_shortcut_is_a_failure_and_a_blank_wins_over_a_pass() -> None:
     assert grades["1.2"].status == NOT_STARTED
 
 
+def test_a_failure_wins_over_a_pass_of_the_same_task_in_either_order() -> None:
+    ok = stdout("✅ Exercise 1.1: first part right\n")
+    wrong = error("AssertionError", "Exercise 1.1: second part wrong\nHint: h")
+    for first, then in ((ok, wrong), (wrong, ok)):
+        nb = new_notebook(cells=[executed_cell("check_a(a)", first), executed_cell("", then)])
+        grade = grade_executed(nb, TASKS, "nb")
+        assert grade.tasks[0] == TaskGrade("1.1", FAILED, "second part wrong; hint: h")
+        assert "1.1   failed       second part wrong" in render_table(grade)
+
+
 def test_a_check_named_for_a_task_in_parts_grades_every_part() -> None:
     parts = {"8.2a": "check_x", "8.2b": "check_x", "8.20": "check_y"}
     nb = new_notebook(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +176,24 @@ def test_numbered_order_check() -> None:
     check_numbered_order(["0_a", "1_b", "2_c"])  # unpadded but fewer than 10: fine
     with pytest.raises(ValueError, match=r"'0_a', '1_b', '2_c', '10_k'"):
         check_numbered_order(["0_a", "10_k", "1_b", "2_c"])
+    check_numbered_order(["00_a", "10_b", "a-x", "a5", "misc"])  # padding changes no order
+    for names in (["0_a", "10_k", "1_b", "misc"], ["c10", "c2"], ["b", "c10", "c9"]):
+        with pytest.raises(ValueError, match="Zero-pad the numbers"):
+            check_numbered_order(names)
+
+
+def test_numbered_folders_beside_an_unnumbered_one_are_refused(tmp_path: Path) -> None:
+    """The guard used to run only when every folder was numbered: one ``misc/`` switched it
+    off, and ``10_c10`` got label 1, silently."""
+    for name in [*(f"{c}_c{c}" for c in range(12)), "misc"]:
+        (tmp_path / name).mkdir()
+        Image.new("L", (28, 28)).save(tmp_path / name / "a.png")
+    assert datasets.ImageFolder(tmp_path).class_to_idx["10_c10"] == 1
+    with pytest.raises(ValueError, match="Zero-pad"):
+        PNGFolder(tmp_path)
+    for c in range(12):  # padded, the guard does not fire: ImageFolder's labels
+        (tmp_path / f"{c}_c{c}").rename(tmp_path / class_folder_name(c, f"c{c}"))
+    assert PNGFolder(tmp_path).class_to_idx == datasets.ImageFolder(tmp_path).class_to_idx
 
 
 def test_class_folder_name_refuses_labels_that_do_not_fit() -> None:
@@ -248,6 +268,16 @@ def test_skip_policy_reports_every_bad_file(bad_root: tuple[Path, dict[str, str]
     frame = ds.report_frame()
     assert list(frame.columns) == ["path", "reason"]
     assert "0_mixed/truncated.png" in frame.path.tolist()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a file name that is not UTF-8")
+def test_report_frame_shows_a_name_that_is_not_utf8(exported: Path) -> None:
+    folder = os.fsencode(exported / class_folder_name(0, "T-shirt-top"))
+    with open(os.path.join(folder, b"bad\xff.png"), "wb") as f:  # empty: a bad file
+        f.write(b"")
+    frame = PNGFolder(exported).report_frame()  # was UnicodeEncodeError (surrogates)
+    assert "00_T-shirt-top/bad\\xff.png" in frame.path.tolist(), frame
+    assert "bad\\xff.png" in frame.to_string()
 
 
 def test_empty_class_folder_keeps_label_numbering(bad_root: tuple[Path, dict[str, str]]) -> None:

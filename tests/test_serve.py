@@ -6,6 +6,7 @@ Cost: about 40 s on 2 CPU cores (one ONNX export, a few server subprocesses, a 5
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import random
@@ -514,6 +515,7 @@ def stop(proc: subprocess.Popen) -> str:
         ("no sidecar", "has no untrained.onnx.sha256 beside it"),
         ("one byte changed", "does not match its recorded SHA-256"),
         ("missing", "does not exist"),
+        ("binary sidecar", "is malformed"),  # was a UnicodeDecodeError traceback, exit 1
     ],
 )
 def test_the_server_refuses_to_start_on_an_unverifiable_file(
@@ -529,6 +531,8 @@ def test_the_server_refuses_to_start_on_an_unverifiable_file(
         )
         blob[len(blob) // 2] ^= 0xFF
         copy.write_bytes(blob)
+    if damage == "binary sidecar":
+        (tmp_path / f"{copy.name}.sha256").write_bytes(b"\xff\xfe\x00\x9c" * 20)
     with pytest.raises(ModelFileError, match=words):
         create_app(copy)
     done = subprocess.run(
@@ -541,6 +545,31 @@ def test_the_server_refuses_to_start_on_an_unverifiable_file(
     )
     assert done.returncode == 2 and "listening" not in done.stdout
     assert words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_checkpoint_without_its_sidecar_is_not_served(model_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "untrained.pt"
+    copy.write_bytes((model_dir / "untrained.pt").read_bytes())  # without untrained.pt.sha256
+    with pytest.raises(ModelFileError, match="has no untrained.pt.sha256"):
+        create_app(copy)
+
+
+def test_a_port_in_use_is_a_message_and_exit_2(model_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "course_utils.serve", "serve", "--model", str(model_path)]
+            + ["--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
 
 
 def test_an_unknown_kind_of_file_is_refused(tmp_path: Path) -> None:
@@ -701,9 +730,69 @@ def test_the_part_limit_is_exact(client) -> None:
 
 def test_an_oversized_text_field_is_413_and_says_so(client) -> None:
     png = encode_png(np.zeros((28, 28), np.uint8))
+    form = {"note": "x" * serve.MAX_FIELD_BYTES, "file": (io.BytesIO(png), "a.png")}
+    assert client.post("/predict", data=form).status_code == 200  # at the limit: kept
     form = {"note": "x" * (serve.MAX_FIELD_BYTES + 1), "file": (io.BytesIO(png), "a.png")}
     response = client.post("/predict", data=form, content_type="multipart/form-data")
-    assert_json_error(response, 413, "a text field of the form is larger than the 65,536 bytes")
+    limit = f"{serve.MAX_FIELD_BYTES:,} bytes"
+    assert_json_error(response, 413, f"a text field of the form is larger than the {limit}")
+
+
+def test_the_field_limit_is_above_werkzeugs_read_buffer() -> None:
+    """werkzeug checks the text-field limit against its parser's buffer too, file parts
+    included: one read plus a kept delimiter tail, whose boundary fits in waitress's header
+    limit. A limit at or below that sum refuses real photos (it was 64 KiB, the read size)."""
+    from waitress.adjustments import Adjustments
+    from werkzeug.formparser import MultiPartParser
+
+    read = inspect.signature(MultiPartParser).parameters["buffer_size"].default
+    assert read + Adjustments.max_request_header_size < serve.MAX_FIELD_BYTES
+
+
+def multipart(*parts: tuple[bytes, bytes], boundary: bytes = b"b0undary") -> tuple[bytes, str]:
+    """A raw multipart body from (Content-Disposition value, data) pairs, and its Content-Type."""
+    body = b"".join(
+        b"--%s\r\nContent-Disposition: %s\r\n\r\n%s\r\n" % (boundary, disposition, data)
+        for disposition, data in parts
+    )
+    return body + b"--%s--\r\n" % boundary, f"multipart/form-data; boundary={boundary.decode()}"
+
+
+@pytest.mark.parametrize(
+    ("disposition", "status", "words"),
+    [
+        (b'form-data; filename="a.png"', 400, "has no name"),  # was a 500 (TypeError)
+        (b'form-data; name="file"; filename="caf\xe9.png"', 400, "not UTF-8"),  # was dropped
+        (b'form-data; name="file"; filename="caf\xc3\xa9.png"', 200, ""),  # UTF-8: fine
+    ],
+    ids=["no-name", "latin-1-filename", "utf-8-filename"],
+)
+def test_odd_part_headers_get_an_answer_that_says_why(
+    client, disposition: bytes, status: int, words: str
+) -> None:
+    body, kind = multipart((disposition, encode_png(np.zeros((28, 28), np.uint8))))
+    response = client.post("/predict", data=body, content_type=kind)
+    if status == 200:
+        assert response.status_code == 200, response.get_data(as_text=True)
+    else:
+        assert_json_error(response, status, words)
+
+
+def test_a_truncated_form_is_400_and_says_so(client) -> None:
+    body, kind = multipart((b'form-data; name="file"; filename="a.png"', b"\x89PNG" * 100))
+    response = client.post("/predict", data=body[:-40], content_type=kind)
+    assert_json_error(response, 400, "malformed or truncated")
+
+
+@pytest.mark.parametrize("read_size", [1, 3, 7, 64])
+def test_the_part_counter_counts_delimiters_split_across_reads(read_size: int) -> None:
+    from course_utils.form_limits import _PartCounter
+
+    body, _ = multipart(*[(b'form-data; name="f%d"' % i, b"x") for i in range(5)])
+    counter = _PartCounter(io.BytesIO(body), b"b0undary", max_parts=16)
+    while counter.read(read_size):
+        pass
+    assert counter.delimiters == 6  # five parts and the closing delimiter
 
 
 @pytest.mark.parametrize(
@@ -866,7 +955,7 @@ def test_waitress_refuses_a_body_over_the_apps_limit_before_reading_it(model_pat
             headers={"Content-Type": "multipart/form-data; boundary=b"},
             timeout=10,
         )
-        assert below.status_code == 400 and below.json()["error"] == "no file"  # reached Flask
+        assert below.status_code == 400 and "malformed" in below.json()["message"]  # Flask's
     finally:
         server.stop()
 
@@ -946,3 +1035,141 @@ def test_bench_refuses_unbounded_runs(model_path: Path) -> None:
         bench_sweep(model_path, n_requests=10, concurrencies=[2, 0])
     with pytest.raises(ValueError, match="concurrency"):
         bench_sweep(model_path, n_requests=10, concurrencies=[])
+
+
+# --- real uploads of every size, slow clients, costly images ------------------------------------
+
+UPLOAD_MIB = (0.1, 1, 4, 7.9)
+
+
+def noise_image(fmt: str, mib: float, seed: int = 0) -> bytes:
+    """A PNG or JPEG of RGB noise, just under ``mib`` MiB: incompressible, so its bytes hold a CR or
+    LF near the end of many of the parser's reads (photo-like; a flat test image has none)."""
+    rng = np.random.default_rng(seed)
+    per_pixel = 3.0 if fmt == "PNG" else 1.9  # noise: PNG stores it raw, JPEG q=95 about 1.9 B
+    side = int((mib * 2**20 / per_pixel) ** 0.5)
+    while True:
+        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        data = encode(Image.fromarray(pixels), fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        if len(data) <= mib * 2**20:
+            return data
+        side = int(side * 0.98 * (mib * 2**20 / len(data)) ** 0.5)
+
+
+@pytest.fixture(scope="module")
+def noise_uploads(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("uploads")
+    files = {}
+    for fmt, suffix in (("PNG", "png"), ("JPEG", "jpg")):
+        for mib in UPLOAD_MIB:
+            files[f"{mib}MiB.{suffix}"] = folder / f"noise-{mib}MiB.{suffix}"
+            files[f"{mib}MiB.{suffix}"].write_bytes(noise_image(fmt, mib))
+    return files
+
+
+def chunked_multipart(data: bytes, filename: str, piece: int = 50_000):
+    """A multipart body as a generator: ``requests`` sends it with chunked transfer encoding."""
+    body, content_type = loadtest._multipart(data)
+    body = body.replace(b'filename="image.png"', f'filename="{filename}"'.encode())
+    return (body[i : i + piece] for i in range(0, len(body), piece)), content_type
+
+
+def test_real_uploads_of_every_size_are_answered(model_path: Path, noise_uploads) -> None:
+    """Incompressible PNGs and JPEGs of 0.1 to 7.9 MiB, sent by ``requests`` and ``curl -F``, with
+    and without chunked encoding: every one is predicted (a 64 KiB form-memory limit, werkzeug's
+    read size, refused most of them with 'a text field … is larger')."""
+    answers = {}
+    with serve_in_background(model_path) as url:
+        for name, path in noise_uploads.items():
+            data = path.read_bytes()
+            assert len(data) < serve.DEFAULT_MAX_BYTES - 1000
+            sent = requests.post(f"{url}/predict", files={"file": (path.name, data)}, timeout=60)
+            answers[f"requests {name}"] = sent
+            chunks, kind = chunked_multipart(data, path.name)
+            sent = requests.post(
+                f"{url}/predict", data=chunks, headers={"Content-Type": kind}, timeout=60
+            )
+            answers[f"requests chunked {name}"] = sent
+            for chunked in ([], ["-H", "Transfer-Encoding: chunked"]):
+                done = subprocess.run(
+                    ["curl", "-sS", "-F", f"file=@{path}", *chunked, f"{url}/predict"],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+                answers[f"curl {'chunked ' * bool(chunked)}{name}"] = done.stdout
+    failed = {}
+    for how, answer in answers.items():
+        body = answer if isinstance(answer, str) else answer.text
+        refused = isinstance(answer, requests.Response) and answer.status_code != 200
+        if refused or '"probabilities"' not in body:
+            failed[how] = body[:120]
+    assert not failed, f"{len(failed)} of {len(answers)} uploads failed: {failed}"
+
+
+def scan_bomb(side: int = 4096, repeats: int = 1000) -> bytes:
+    """A flat progressive JPEG with one 33-byte scan repeated ``repeats`` times: about 100 kB,
+    and each scan decodes the whole image again (14 s for this one without a limit)."""
+    data = encode(Image.new("L", (side, side), 128), "JPEG", progressive=True, quality=50)
+    starts = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    end = data.rindex(b"\xff\xd9")
+    scans = [data[a:b] for a, b in zip(starts, [*starts[1:], end], strict=True)]
+    return data[:end] + min(scans, key=len) * repeats + data[end:]
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(client) -> None:
+    bomb = scan_bomb()
+    assert upload.jpeg_scans(bomb) > 1000 and len(bomb) < 150_000
+    start = time.perf_counter()
+    assert_json_error(post(client, bomb), 413, f"more than the {upload.MAX_JPEG_SCANS} allowed")
+    assert time.perf_counter() - start < 2
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), np.uint8))
+    ordinary = encode(rgb, "JPEG", progressive=True)  # 10 scans, as encoders write them
+    assert upload.jpeg_scans(ordinary) == 10
+    assert post(client, ordinary).status_code == 200
+
+
+def test_health_answers_while_clients_hang_and_send_costly_images(model_path: Path) -> None:
+    """110 connections that send half a request and wait, and two scan bombs at once, leave
+    /health answering (waitress's default connection limit of 100 let the idle sockets lock
+    every other client out for its 120 s timeout)."""
+    with serve_in_background(model_path) as url:
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(110)]
+        try:
+            for conn in idle:
+                conn.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            bombs = [
+                threading.Thread(
+                    target=requests.post,
+                    args=(f"{url}/predict",),
+                    kwargs={"files": {"file": ("a.jpg", scan_bomb())}, "timeout": 60},
+                )
+                for _ in range(2)
+            ]
+            for thread in bombs:
+                thread.start()
+            start = time.perf_counter()
+            assert requests.get(f"{url}/health", timeout=5).status_code == 200
+            assert time.perf_counter() - start < 2
+            for thread in bombs:
+                thread.join(60)
+        finally:
+            for conn in idle:
+                conn.close()
+
+
+def test_idle_connections_are_closed_after_the_idle_timeout(model_path: Path) -> None:
+    """Past the connection limit, new clients wait until idle connections time out."""
+    app = create_app(model_path)
+    server = serve.ServerThread(app, connection_limit=4, channel_timeout=1, cleanup_interval=1)
+    server.start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(6)]
+        start = time.perf_counter()
+        assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+        assert time.perf_counter() - start < 5
+        assert all(conn.recv(1) == b"" for conn in idle[:4])  # closed by the server
+    finally:
+        server.stop()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+from course_utils import speedrun
 from course_utils.data import FashionMNISTTensors
 from course_utils.models import FashionCNN
 from course_utils.speedrun import Recipe, _schedule, accuracy_tta, train_recipe
@@ -49,3 +51,38 @@ def test_a_run_is_reproducible_and_checkpoints_are_timed() -> None:
     assert [c["epoch"] for c in a.checkpoints] == [1, 2]
     assert 0 < a.checkpoints[0]["seconds"] < a.checkpoints[1]["seconds"] == a.seconds
     assert a.checkpoints[-1]["accuracy"] == a.accuracy
+
+
+def test_weight_decay_spares_biases_and_norm_parameters(monkeypatch) -> None:
+    """Conv and linear weights decay; biases and BatchNorm parameters do not; each parameter is
+    in exactly one group (the optimizer is spied on, then the run stopped before training)."""
+    seen: dict[str, object] = {}
+    real_sgd = torch.optim.SGD
+
+    class Built(Exception):
+        pass
+
+    def model(**kwargs) -> FashionCNN:
+        seen["model"] = FashionCNN(**kwargs)
+        return seen["model"]
+
+    def sgd(groups, **kwargs) -> None:
+        seen["groups"] = real_sgd(groups, **kwargs).param_groups
+        raise Built
+
+    monkeypatch.setattr(speedrun, "FashionCNN", model)
+    monkeypatch.setattr(torch.optim, "SGD", sgd)
+    recipe = Recipe(width=4, batch_size=64)
+    with pytest.raises(Built):
+        train_recipe(fake_split(128), fake_split(64), recipe)
+    should_decay, should_not = [], []
+    for prefix, module in seen["model"].named_modules():
+        for name, _ in module.named_parameters(prefix, recurse=False):
+            weight = isinstance(module, nn.Conv2d | nn.Linear) and name.endswith(".weight")
+            (should_decay if weight else should_not).append(name)
+    assert any(".bias" in n for n in should_not) and any("bn" in n for n in should_not)
+    names = {id(p): name for name, p in seen["model"].named_parameters()}
+    decay, no_decay = ([names[id(p)] for p in g["params"]] for g in seen["groups"])
+    assert sorted(decay) == sorted(should_decay)  # sorted lists: a duplicate would show
+    assert sorted(no_decay) == sorted(should_not)
+    assert [g["weight_decay"] for g in seen["groups"]] == [recipe.weight_decay, 0.0]

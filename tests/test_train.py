@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_utils.artefacts import verified
 from course_utils.data import MEAN, STD, FashionMNISTTensors, TensorLoader
 from course_utils.models import FashionCNN
 from course_utils.train import (
@@ -332,11 +333,13 @@ def test_checkpoint_round_trip_gives_identical_outputs(
 
 
 def test_save_checkpoint_leaves_no_temporary_file(tmp_path: Path) -> None:
-    """Breaks if the write-then-rename leaves its temporary file behind, even on failure."""
+    """Breaks if the write-then-rename leaves its temporary file behind, even on failure, or
+    writes no SHA-256 sidecar (which the server requires)."""
     path = tmp_path / "model.pt"
     save_checkpoint(FashionCNN(), path)
     save_checkpoint(FashionCNN(width=8), path)  # overwriting works the same way
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.sha256"]
+    assert verified(path, "checkpoint", require_sidecar=True) == path
     assert load_checkpoint(path)[0].config["width"] == 8
 
     # meta that pickles but would not load back with weights_only (a NumPy float, as returned by
@@ -345,8 +348,27 @@ def test_save_checkpoint_leaves_no_temporary_file(tmp_path: Path) -> None:
         save_checkpoint(FashionCNN(), path, val_acc=np.float64(0.9))
     with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda does not pickle
         save_checkpoint(FashionCNN(), path, hook=lambda: None)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.sha256"]
     assert load_checkpoint(path)[0].config["width"] == 8
+
+
+def test_load_checkpoint_checks_the_sidecar_when_there_is_one(tmp_path: Path) -> None:
+    """Breaks if a checkpoint changed after saving loads (as garbage weights or torch's error)
+    although its sidecar says so, or if an older checkpoint without a sidecar stops loading."""
+    path = save_checkpoint(FashionCNN(), tmp_path / "model.pt")
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(blob)
+    with pytest.raises(CheckpointError, match="does not match its recorded SHA-256") as info:
+        load_checkpoint(path)
+    assert "save it again" in str(info.value)
+    path.with_name("model.pt.sha256").write_text("")
+    with pytest.raises(CheckpointError, match="malformed"):
+        load_checkpoint(path)
+
+    old = save_checkpoint(FashionCNN(width=8), tmp_path / "old.pt")
+    old.with_name("old.pt.sha256").unlink()  # as saved before checkpoints had sidecars
+    assert load_checkpoint(old)[0].config["width"] == 8
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..artefacts import sha256_of
+from ..artefacts import ModelFileError, sha256_of, verified
 from ..data import CLASSES, MEAN, STD
 from ..export import ONNX_INPUT, ONNX_OUTPUT, export_dir
 from ..paths import REPO_ROOT
@@ -99,6 +99,15 @@ def verify_vendored(dest: Path = ORT_DIR) -> dict[str, object]:
     return record
 
 
+def _unverified(model: Path) -> str:
+    """Why ``model`` fails its SHA-256 sidecar check (the first sentence), or ``""``."""
+    try:
+        verified(model, "ONNX model", require_sidecar=True)
+    except ModelFileError as err:
+        return str(err).split(";")[0]
+    return ""
+
+
 def stage_model(site: Path, quick: bool, source: Path | None = None) -> Path:
     """Copy chapter 8's ONNX file into ``site/book/_extra/models/`` and write its manifest.
 
@@ -123,11 +132,8 @@ def stage_model(site: Path, quick: bool, source: Path | None = None) -> Path:
             f"chapter 8 has not exported {MODEL_NAME} (with its .sha256) yet, so this build of "
             f"the book has no model. Run chapter 8 (`{run} --only 08`), then rebuild the book."
         )
-    elif sha256_of(model) != sidecar.read_text().split()[0]:
-        manifest["reason"] = (
-            f"{MODEL_NAME} does not match its recorded SHA-256; run chapter 8 again "
-            f"(`{run} --only 08`), then rebuild the book."
-        )
+    elif problem := _unverified(model):
+        manifest["reason"] = f"{problem}. Run chapter 8 again (`{run} --only 08`), then rebuild."
     else:
         shutil.copy2(model, models / MODEL_NAME)
         shutil.copy2(sidecar, models / sidecar.name)
