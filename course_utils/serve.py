@@ -21,9 +21,10 @@ re-exported here (the benchmark lazily, since it uses torch).
 The API (:func:`create_app`): ``POST /predict`` with a ``multipart/form-data`` field ``file``
 returns ``{"label", "class_index", "probabilities": [{"label", "class_index", "probability"},
 …]}`` (the top ``k``, ``?top_k=`` from 1 to 10, default 3); ``GET /health`` says which model is
-loaded. Every bad request gets a JSON ``{"error", "message"}`` with a 4xx status, never a
-traceback, and never an echo of the request's body. Chapter 9 writes the same routes and error
-handlers in the notebook and checks that both apps answer alike.
+loaded. Every bad request that reaches the app gets a JSON ``{"error", "message"}`` with a 4xx
+status, never a traceback, and never an echo of the request's body; waitress answers four kinds
+itself, in plain text, before the app sees them (see :func:`make_server`). Chapter 9 writes the
+same routes and error handlers in the notebook and checks that both apps answer alike.
 
 Command line (``python -m course_utils.serve``):
 
