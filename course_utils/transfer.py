@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
@@ -177,27 +178,54 @@ def changed_parameters(model: nn.Module, before: dict[str, torch.Tensor]) -> lis
 
 
 def load_digits_tensors(
-    size: int = 28, test_fraction: float = 0.3, seed: int = 0
+    size: int = 28, test_fraction: float = 0.3, seed: int = 0, val_fraction: float = 0.0
 ) -> dict[str, FashionMNISTTensors]:
-    """scikit-learn's digits, resized to ``size``×``size`` uint8, split into ``train`` and ``test``.
+    """scikit-learn's digits, resized to ``size``×``size`` uint8, split into ``train``, ``test``
+    and, when ``val_fraction > 0``, ``val``.
 
     The 8×8 images (values 0–16, ink bright on a dark background, like Fashion-MNIST's objects)
-    are scaled to 0–255 and upsampled with bilinear interpolation. The split is stratified and
-    seeded; the test split is for the final comparison only.
+    are scaled to 0–255 and upsampled with bilinear interpolation. Both splits are stratified and
+    seeded: first ``test_fraction`` of all images become the test set (the same test set whatever
+    ``val_fraction`` is), then ``val_fraction`` of all images are carved from the rest as the
+    validation set. Choose (a strategy, an epoch, a threshold) on ``val``; the test split is for
+    reporting what was chosen, once.
+
+    Raises:
+        ValueError: a fraction is outside [0, 1), or the two leave no training images.
     """
+    if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1:
+        raise ValueError(
+            f"need 0 < test_fraction < 1 and 0 <= val_fraction < 1, got {test_fraction}, "
+            f"{val_fraction}"
+        )
+    if test_fraction + val_fraction >= 1:
+        raise ValueError(
+            f"test_fraction + val_fraction = {test_fraction + val_fraction:g} leaves no training "
+            "images"
+        )
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     images = (x.squeeze(1) * 255).round().clamp(0, 255).to(torch.uint8)
     labels = torch.tensor(digits.target, dtype=torch.long)
-    train_idx, test_idx = train_test_split(
-        torch.arange(len(labels)).numpy(),
+    rest_idx, test_idx = train_test_split(
+        np.arange(len(labels)),
         test_size=test_fraction,
         stratify=labels.numpy(),
         random_state=seed,
     )
+    splits = {"test": test_idx}
+    if val_fraction > 0:
+        rest_idx, splits["val"] = train_test_split(
+            rest_idx,
+            test_size=round(val_fraction * len(labels)),
+            stratify=labels.numpy()[rest_idx],
+            random_state=seed,
+        )
+    splits["train"] = rest_idx
     full = FashionMNISTTensors(images, labels)
     return {
-        "train": full.subset(torch.as_tensor(train_idx).sort().values),
-        "test": full.subset(torch.as_tensor(test_idx).sort().values),
+        name: full.subset(torch.as_tensor(splits[name]).sort().values)
+        for name in ("train", "val", "test")
+        if name in splits
     }

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from checks_support import fails, passes
 from torch import nn
 
+from course_utils.checks import ch02
 from course_utils.checks.ch02 import (
+    TASK_LR,
     VERDICTS,
     check_batchnorm_fn,
     check_batchnorm_placement,
     check_lr_experiment,
 )
+from course_utils.data import FashionMNISTTensors, TensorLoader
+from course_utils.experiments import compare
+from course_utils.models import FashionCNN
+from course_utils.train import evaluate, fit, seed_everything
 
 imported_batch_norm = F.batch_norm  # as `from torch.nn.functional import batch_norm` would
 
@@ -102,6 +109,35 @@ def test_batchnorm_placement_right_answers_pass(capsys) -> None:
 )
 def test_batchnorm_placement_wrong_answers_fail(answer, hint: str, capsys) -> None:
     fails(check_batchnorm_placement, answer, hint, "2.1", capsys)
+
+
+class WrongInChannels(nn.Module):
+    """conv2 takes 16 channels where conv1 gives 32: the error names a *weight* size, which the
+    check used to answer with "num_features must equal…"."""
+
+    def __init__(self, input_size: int = 28) -> None:
+        super().__init__()
+        side = input_size // 4
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * side * side, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_batchnorm_placement_wrong_in_channels_is_named(capsys) -> None:
+    message = fails(check_batchnorm_placement, WrongInChannels, "in_channels", "2.1", capsys)
+    assert "num_features" not in message.split("Hint:")[1]
 
 
 def test_batchnorm_placement_batchnorm1d_fails(capsys) -> None:
@@ -237,6 +273,34 @@ def test_batchnorm_fn_wrong_answers_fail(fn, hint: str, capsys) -> None:
     fails(check_batchnorm_fn, fn, hint, "2.2", capsys)
 
 
+def running_unchanged(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
+    return right_bn(x, gamma, beta, rm, rv, training, momentum, eps)[0], rm.clone(), rv.clone()
+
+
+def running_is_batch(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
+    y, m, v = right_bn(x, gamma, beta, rm, rv, training, momentum, eps)
+    return (y, x.mean(dim=(0, 2, 3)), v) if training else (y, m, v)
+
+
+def fixed_eps(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
+    return right_bn(x, gamma, beta, rm, rv, training, momentum, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("fn", "hint"),
+    [
+        (fixed_momentum, "use the `momentum` argument (here 0.3), not a fixed 0.1"),
+        (running_unchanged, "you returned it unchanged"),
+        (running_is_batch, "you returned the batch's value"),
+        (fixed_eps, "use the `eps` argument (here 0.001)"),
+    ],
+    ids=["fixed-momentum", "running-unchanged", "running-is-batch", "fixed-eps"],
+)
+def test_batchnorm_fn_hint_names_the_mistake(fn, hint: str, capsys) -> None:
+    """These were told the general formula; the hint now names the argument or step missed."""
+    fails(check_batchnorm_fn, fn, hint, "2.2", capsys)
+
+
 def functional_shortcut(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
     rm, rv = rm.clone(), rv.clone()
     y = F.batch_norm(x, rm, rv, gamma, beta, training=training, momentum=momentum, eps=eps)
@@ -305,68 +369,204 @@ def test_batchnorm_fn_passes_not_implemented_through() -> None:
 
 # --- 2.3: the experiment ------------------------------------------------------------------------
 
-LR = 1e-2
 CLEAR = {"batch": {0: 0.80, 1: 0.81}, "none": {0: 0.60, 1: 0.62}}  # BatchNorm helps, beyond noise
-NOISY = {"batch": {0: 0.80, 1: 0.70}, "none": {0: 0.75, 1: 0.72}}  # ranges overlap
+NOISY = {"batch": {0: 0.80, 1: 0.70}, "none": {0: 0.75, 1: 0.72}}  # within noise
 
 
-def make_run(table, lr: float = LR, bn_arm: str | None = "batch"):
-    """A stand-in for the learner's run: one real optimiser step of a tiny model (with
-    BatchNorm2d in ``bn_arm``), then the accuracy from ``table``."""
+def tiny_split(n: int, seed: int) -> FashionMNISTTensors:
+    """``n`` images that can be learnt: a class's prototype half-blended with noise, so that
+    runs differ in accuracy from arm to arm and seed to seed."""
+    prototypes = torch.rand(10, 28, 28, generator=torch.Generator().manual_seed(99))
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = (0.5 * prototypes[labels] + 0.5 * torch.rand(n, 28, 28, generator=g)) * 255
+    return FashionMNISTTensors(images.to(torch.uint8), labels)
 
-    def run(arm: str, seed: int) -> float:
-        torch.manual_seed(seed)
-        norm = nn.BatchNorm2d(2) if arm == bn_arm else nn.Identity()
-        model = nn.Sequential(nn.Conv2d(1, 2, 3), norm)
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        model(torch.randn(2, 1, 5, 5)).square().mean().backward()
-        optimizer.step()
-        return table[arm][seed]
+
+TRAIN, VAL = tiny_split(128, 0), tiny_split(64, 1)  # 2 batches of 64: one epoch is 2 steps
+
+
+def test_the_tiny_task_tells_runs_apart() -> None:
+    """Every run of the honest report differs from the others: a fixture where all runs score
+    the same could not tell a constant from real runs."""
+    values = [v for runs in HONEST.values() for v in runs.values()]
+    assert len(set(values)) == len(values), HONEST
+
+
+@pytest.fixture
+def task(monkeypatch) -> None:
+    """The check's own copy of the task's data, tiny: runs take a fraction of a second."""
+    monkeypatch.setattr(ch02, "_task_data", lambda: (TRAIN, VAL))
+
+
+def make_run(
+    lr: float = TASK_LR,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
+    train: FashionMNISTTensors = TRAIN,
+    bn_arm: str = "batch",
+    steps: int | None = None,
+    returns: float | None = None,
+):
+    """The learner's run(norm, seed): the task's protocol, or one setting changed."""
+
+    def run(norm: str, seed: int) -> float:
+        seed_everything(seed)
+        model = FashionCNN(norm="batch" if norm == bn_arm else "none")
+        opt = optimizer(model.parameters(), lr=lr)
+        batches = TensorLoader(train, 64, shuffle=True, seed=seed)
+        if steps is None:
+            fit(model, batches, None, 1, opt, progress=False)
+        else:
+            for (x, y), _ in zip(batches, range(steps), strict=False):
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+        if returns is not None:
+            return returns
+        return evaluate(model, TensorLoader(VAL, 500))[1]
 
     return run
 
 
-def unseeded_run(arm: str, seed: int) -> float:
-    return make_run(CLEAR)(arm, seed) + float(torch.rand(()).item()) * 0.01 * (seed + 1)
+def report(run) -> dict[str, dict[int, float]]:
+    return {arm: {seed: run(arm, seed) for seed in (0, 1)} for arm in ("batch", "none")}
 
 
-def experiment(run, reported, verdict: str) -> None:
-    check_lr_experiment(run, reported, verdict, lr=LR)
+def noise_rule(reported) -> str:
+    runs = pd.DataFrame(
+        {"variant": a, "seed": s, "v": v} for a, r in reported.items() for s, v in r.items()
+    )
+    c = compare(runs, "batch", "none", "v")
+    return (VERDICTS[0] if c.diff > 0 else VERDICTS[1]) if c.beyond_noise else VERDICTS[2]
 
 
-def test_lr_experiment_right_answers_pass(capsys) -> None:
-    passes(lambda a: experiment(*a), (make_run(CLEAR), CLEAR, VERDICTS[0]), "2.3", capsys)
-    passes(lambda a: experiment(*a), (make_run(NOISY), NOISY, VERDICTS[2]), "2.3", capsys)
+HONEST = report(make_run())
+
+
+def experiment(run, reported, verdict, lr: float = TASK_LR) -> None:
+    check_lr_experiment(run, reported, verdict, lr=lr)
+
+
+def test_lr_experiment_right_answer_passes(task, capsys) -> None:
+    answer = (make_run(), HONEST, noise_rule(HONEST))
+    passes(lambda a: experiment(*a), answer, "2.3", capsys)
+
+
+def test_lr_experiment_one_step_and_a_constant_fails(task, capsys) -> None:
+    """The hole of issue 20: one optimiser step, then a constant for every run, reported as
+    such with the verdict "within seed noise". Today's check reran run, saw it step at the
+    learner's own lr with BatchNorm in the 'batch' arm and return the same constant: ✅."""
+    run = make_run(steps=1, returns=0.5)
+    constant = {"batch": {0: 0.5, 1: 0.5}, "none": {0: 0.5, 1: 0.5}}
+    message = fails(
+        lambda a: experiment(*a),
+        (run, constant, VERDICTS[2]),
+        "one epoch on exp_train",
+        "2.3",
+        capsys,
+    )
+    assert "took 1 optimiser step(s)" in message
+
+
+def test_lr_experiment_a_full_epoch_then_a_constant_fails(task, capsys) -> None:
+    """The same, with a whole epoch of training: the check's own rerun of each run by the
+    task's protocol does not give the constant."""
+    run = make_run(returns=0.5)
+    constant = {"batch": {0: 0.5, 1: 0.5}, "none": {0: 0.5, 1: 0.5}}
+    message = fails(
+        lambda a: experiment(*a), (run, constant, VERDICTS[2]), "the check trained", "2.3", capsys
+    )
+    assert "a rerun gave" in message
+
+
+def test_lr_experiment_edited_high_lr_fails(task, capsys) -> None:
+    """HIGH_LR set back to 1e-3, and everything consistent with it: the rate is the task's."""
+    run = make_run(lr=1e-3)
+    reported = report(run)
+    answer = (run, reported, noise_rule(reported), 1e-3)
+    fails(lambda a: experiment(*a), answer, "10 * 1e-3", "2.3", capsys)
 
 
 @pytest.mark.parametrize(
     ("answer", "hint"),
     [
-        ((make_run(NOISY), NOISY, VERDICTS[0]), "within noise"),
-        ((make_run(CLEAR), CLEAR, VERDICTS[2]), "this difference is real"),
-        ((make_run(CLEAR), CLEAR, "BN is better"), "one of the three strings"),
+        ((make_run(), NOISY, VERDICTS[0]), "within noise"),
+        ((make_run(), CLEAR, VERDICTS[2]), "is beyond seed noise"),
+        ((make_run(), CLEAR, VERDICTS[1]), "in the other direction"),
+        ((make_run(), CLEAR, "BN is better"), "one of the three strings"),
+        ((make_run(), {"batch": {0: 0.80}, "none": {0: 0.60}}, VERDICTS[0]), "one seed says"),
         (
-            (make_run(CLEAR), {"batch": {0: 0.80}, "none": {0: 0.60}}, VERDICTS[0]),
-            "one seed says nothing",
+            (make_run(), {"batch": {0: 80.0, 1: 81.0}, "none": {0: 60.0, 1: 62.0}}, VERDICTS[0]),
+            "not a percentage",
         ),
         (
-            (make_run(CLEAR), {"batch": {0: 0.85, 1: 0.86}, "none": CLEAR["none"]}, VERDICTS[0]),
-            "report the numbers of your runs",
+            (make_run(), {"batch": {"0": 0.8, "1": 0.81}, "none": {"0": 0.6, "1": 0.62}}, "x"),
+            "is not an int",
         ),
-        ((unseeded_run, CLEAR, VERDICTS[0]), "report the numbers of your runs"),
-        ((make_run(CLEAR, lr=LR / 10), CLEAR, VERDICTS[0]), "10× larger learning rate"),
-        ((make_run(CLEAR, bn_arm=None), CLEAR, VERDICTS[0]), "'batch' has BatchNorm"),
     ],
     ids=[
         "noise-called-a-win",
         "real-difference-called-noise",
+        "real-difference-the-other-way",
         "free-text-verdict",
         "one-seed",
-        "typed-numbers",
-        "unseeded-run",
-        "base-learning-rate",
-        "no-batchnorm-in-run",
+        "percentages",
+        "string-seeds",
     ],
 )
-def test_lr_experiment_wrong_answers_fail(answer, hint: str, capsys) -> None:
+def test_lr_experiment_wrong_reports_fail(task, answer, hint: str, capsys) -> None:
     fails(lambda a: experiment(*a), answer, hint, "2.3", capsys)
+
+
+def typed(reported, delta: float = 0.05):
+    return {
+        a: {s: v + (delta if (a, s) == ("none", 1) else 0.0) for s, v in r.items()}
+        for a, r in reported.items()
+    }
+
+
+def swapped(reported):
+    return {"batch": reported["none"], "none": reported["batch"]}
+
+
+def unseeded_run(arm: str, seed: int) -> float:
+    return make_run()(arm, seed) + float(torch.rand(()).item()) * 0.01 * (seed + 1)
+
+
+@pytest.mark.parametrize(
+    ("run", "make_report", "hint"),
+    [
+        (make_run(), typed, "report the numbers of your runs"),
+        (unseeded_run, lambda r: r, "report the numbers of your runs"),
+        (make_run(lr=1e-3), lambda r: r, "10× larger learning rate"),
+        (make_run(optimizer=torch.optim.SGD), lambda r: r, "not Adam"),
+        (make_run(bn_arm="no such arm"), lambda r: r, "'batch' has BatchNorm"),
+        (make_run(train=tiny_split(192, 2)), lambda r: r, "one epoch on exp_train"),
+        (make_run(), swapped, "store each accuracy under the arm and seed of its own run"),
+    ],
+    ids=[
+        "one-number-typed",
+        "unseeded-run",
+        "base-learning-rate",
+        "sgd",
+        "no-batchnorm-in-run",
+        "other-training-data",
+        "swapped-arms",
+    ],
+)
+def test_lr_experiment_wrong_runs_fail(task, run, make_report, hint: str, capsys) -> None:
+    reported = make_report(report(run))
+    fails(lambda a: experiment(*a), (run, reported, noise_rule(reported)), hint, "2.3", capsys)
+
+
+def test_lr_experiment_run_that_crashes_fails_with_a_hint(task, capsys) -> None:
+    def run(arm: str, seed: int) -> float:
+        raise ValueError("optimizer got an empty parameter list")
+
+    fails(
+        lambda a: experiment(*a),
+        (run, HONEST, noise_rule(HONEST)),
+        "run(norm, seed)",
+        "2.3",
+        capsys,
+    )

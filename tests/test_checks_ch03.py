@@ -9,8 +9,11 @@ from checks_support import fails, passes
 
 import course_utils.diagnostics
 import course_utils.hooks
+from course_utils.checks import ch03
 from course_utils.checks._common import ShortcutRefused
 from course_utils.checks.ch03 import (
+    TASK_LR,
+    _rerun_shares,
     _rerun_silent_share,
     check_count_dead,
     check_epochs_to_reach,
@@ -74,6 +77,19 @@ def test_epochs_to_reach_right_answer_passes(capsys) -> None:
 )
 def test_epochs_to_reach_wrong_answers_fail(fn, hint: str, capsys) -> None:
     fails(check_epochs_to_reach, fn, hint, "3.2", capsys)
+
+
+def test_epochs_to_reach_returning_a_tensor_fails_without_crashing(capsys) -> None:
+    """A boolean tensor (one per epoch) used to crash the check with RuntimeError."""
+    fn = lambda a, t: torch.tensor(a) >= t  # noqa: E731
+    fails(check_epochs_to_reach, fn, "not an int or None", "3.2", capsys)
+
+
+def test_epochs_to_reach_none_for_a_reached_target_is_named(capsys) -> None:
+    """Only an exact hit counts (`==`): None where epoch 2 reaches the target. The hint was
+    "the first epoch, not the best one"; it now says which epoch reaches it."""
+    fn = lambda a, t: a.index(t) + 1 if t in a else None  # noqa: E731
+    fails(check_epochs_to_reach, fn, "epoch 2 reaches the target (0.86 >= 0.85)", "3.2", capsys)
 
 
 # --- 3.3 ---------------------------------------------------------------------------------------
@@ -169,6 +185,63 @@ def test_silent_per_layer_wrong_answers_fail(fn, hint: str, capsys) -> None:
     fails(check_silent_per_layer, fn, hint, "3.3", capsys)
 
 
+def strict_counter(model, batches, kind):
+    """Counts a unit as silent when its input is < 0: one whose input is exactly 0 is missed."""
+    counts = counter()(model, batches, kind)
+    largest = {}
+
+    def make_hook(name):
+        def hook(_module, inputs, _output):
+            m = inputs[0].detach().transpose(0, 1).flatten(1).amax(1)
+            largest[name] = torch.maximum(largest[name], m) if name in largest else m
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(make_hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, kind)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    assert set(counts) == set(largest)
+    return {n: (int((m < 0).sum()), len(m)) for n, m in largest.items()}
+
+
+def keyed_by_module(model, batches, kind):
+    named = dict(model.named_modules())
+    return {named[n]: pair for n, pair in counter()(model, batches, kind).items()}
+
+
+def masks_not_counts(model, batches, kind):
+    return {
+        n: (torch.ones(units), units) for n, (_, units) in counter()(model, batches, kind).items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("fn", "hint"),
+    [
+        (strict_counter, "not < 0"),
+        (keyed_by_module, "named_modules()"),
+        (masks_not_counts, "is not a pair of ints"),
+    ],
+    ids=["input-below-zero-only", "keyed-by-module-crashed", "tensor-in-pair-crashed"],
+)
+def test_silent_per_layer_more_wrong_answers_fail(fn, hint: str, capsys) -> None:
+    """The fixture had no unit whose input is exactly 0 (so `< 0` passed), and two malformed
+    answers crashed the check with a raw TypeError/RuntimeError."""
+    fails(check_silent_per_layer, fn, hint, "3.3", capsys)
+
+
 def via_dead_units(model, batches, kind):
     table = course_utils.diagnostics.dead_units(model, list(batches))
     return {n: (int(r["silent"]), int(r["units"])) for n, r in table.iterrows()}
@@ -220,92 +293,233 @@ def test_silent_per_layer_refuses_the_course_counters(fn, label: str, capsys) ->
 # --- 3.4 ---------------------------------------------------------------------------------------
 
 
+def tiny_split(n: int, seed: int) -> FashionMNISTTensors:
+    """``n`` learnable images: a class's prototype half-blended with noise."""
+    prototypes = torch.rand(10, 28, 28, generator=torch.Generator().manual_seed(99))
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = (0.5 * prototypes[labels] + 0.5 * torch.rand(n, 28, 28, generator=g)) * 255
+    return FashionMNISTTensors(images.to(torch.uint8), labels)
+
+
+def two_batches() -> FashionMNISTTensors:
+    """A val_loader of 2 batches, 500 dim images then 100 bright ones, so that counting on one
+    batch only gives another share than counting on both."""
+    dim, bright = tiny_split(500, 1), tiny_split(100, 2)
+    images = torch.cat([(dim.images.float() * 0.2).to(torch.uint8), bright.images])
+    return FashionMNISTTensors(images, torch.cat([dim.labels, bright.labels]))
+
+
+TRAIN, VAL = tiny_split(256, 0), two_batches()
+PROBE = TensorLoader(VAL, 500)
+
+
 @pytest.fixture(scope="module")
-def tiny_data():
-    g = torch.Generator().manual_seed(0)
-    train = FashionMNISTTensors(
-        torch.randint(0, 256, (256, 28, 28), generator=g, dtype=torch.uint8),
-        torch.randint(0, 10, (256,), generator=g),
-    )
-    probe = TensorLoader(
-        FashionMNISTTensors(
-            torch.randint(0, 256, (64, 28, 28), generator=g, dtype=torch.uint8),
-            torch.randint(0, 10, (64,), generator=g),
-        ),
-        32,
-    )
-    lr = 1e-2
-    shares = {
-        a: {s: _rerun_silent_share(a, s, train, probe, lr, "cpu") for s in (0, 1)}
+def runs() -> dict[tuple[str, int], dict[str, float]]:
+    """Every run of the tiny task, with the shares of each recognised counting mistake."""
+    return {
+        (a, s): _rerun_shares(a, s, TRAIN, PROBE, TASK_LR, "cpu")
         for a in ("relu", "leaky_relu")
+        for s in (0, 1)
     }
-    return train, probe, lr, shares
+
+
+@pytest.fixture
+def task(monkeypatch) -> None:
+    """The check's own copy of the task's data, tiny."""
+    monkeypatch.setattr(ch03, "_task_data", lambda: (TRAIN, VAL))
+
+
+def shares_by(runs, key: str = "task") -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for (a, s), values in runs.items():
+        out.setdefault(a, {})[s] = values[key]
+    return out
 
 
 def honest_verdict(shares) -> str:
     import pandas as pd
 
-    runs = pd.DataFrame(
+    frame = pd.DataFrame(
         {"variant": a, "seed": s, "v": v} for a, r in shares.items() for s, v in r.items()
     )
-    c = compare(runs, "relu", "leaky_relu", "v")
+    c = compare(frame, "relu", "leaky_relu", "v")
     if c.beyond_noise:
         return "more in ReLU" if c.diff > 0 else "more in LeakyReLU"
     return "within noise"
 
 
-def run_experiment_check(tiny_data, shares, verdict):
-    train, probe, lr, _ = tiny_data
+def run_experiment_check(shares, verdict, *, train=TRAIN, probe=PROBE, lr=TASK_LR):
     check_silent_experiment(shares, verdict, train, probe, lr)
 
 
-def test_silent_experiment_honest_report_passes(tiny_data, capsys) -> None:
-    shares = tiny_data[3]
-    passes(
-        lambda v: run_experiment_check(tiny_data, shares, v),
+def test_the_tiny_task_tells_runs_and_mistakes_apart(runs) -> None:
+    """Each run's share differs from the others', and each recognised mistake gives another
+    share than the task's rule in at least one run: else the check could not tell them apart."""
+    shares = [r["task"] for r in runs.values()]
+    assert len(set(shares)) == len(shares), runs
+    for mistake in ("output", "first batch", "last batch", "layer mean"):
+        assert any(abs(r[mistake] - r["task"]) > 0.02 for r in runs.values()), mistake
+
+
+def test_silent_experiment_honest_report_passes(task, runs, capsys) -> None:
+    shares = shares_by(runs)
+    passes(lambda v: run_experiment_check(shares, v), honest_verdict(shares), "3.4", capsys)
+
+
+def old_pick(reported) -> tuple[str, int]:
+    """The run that the check used to retrain: chosen from the sum of the reported values."""
+    import pandas as pd
+
+    rows = [
+        {"variant": a, "seed": s, "value": v} for a, r in reported.items() for s, v in r.items()
+    ]
+    frame = pd.DataFrame(rows)
+    runs = sorted(((r["variant"], r["seed"]) for r in rows), key=str)
+    return runs[int(round(abs(frame["value"].sum()) * 1e6)) % len(runs)]
+
+
+def right_for_one_run_only(shares, keep: tuple[str, int]):
+    """The honest shares for ``keep``, the others moved by 0.2 (and a few millionths), so that
+    the sum of the report picks ``keep`` under the old rule."""
+    others = [(a, s) for a, r in shares.items() for s in r if (a, s) != keep]
+    for extra in range(40):
+        fake = {a: dict(r) for a, r in shares.items()}
+        for a, s in others:
+            fake[a][s] += 0.2 if fake[a][s] < 0.5 else -0.2
+        fake[others[0][0]][others[0][1]] += extra * 1e-6
+        if old_pick(fake) == keep:
+            return fake
+    raise AssertionError("no report found")
+
+
+def test_silent_experiment_right_for_the_picked_run_only_fails(task, runs, capsys) -> None:
+    """The hole of issue 20: the check retrained the run picked by the sum of the reported
+    shares, so a report right for that run and wrong for the three others passed. Now every
+    run is retrained."""
+    fake = right_for_one_run_only(shares_by(runs), ("relu", 1))
+    message = fails(
+        lambda v: run_experiment_check(fake, v), honest_verdict(fake), "a rerun gave", "3.4", capsys
+    )
+    assert "(2 more run(s) differ too)" in message
+
+
+def at_base_lr(_runs):
+    """LARGE_LR edited to 1e-3, the shares measured at it: consistent, but not the task."""
+    shares = {
+        a: {s: _rerun_silent_share(a, s, TRAIN, PROBE, 1e-3, "cpu") for s in (0, 1)}
+        for a in ("relu", "leaky_relu")
+    }
+    return shares, {"lr": 1e-3}
+
+
+def on_other_data(_runs):
+    """Trained on other images than train_small, and passed them: consistent, not the task."""
+    other = tiny_split(256, 7)
+    shares = {
+        a: {s: _rerun_silent_share(a, s, other, PROBE, TASK_LR, "cpu") for s in (0, 1)}
+        for a in ("relu", "leaky_relu")
+    }
+    return shares, {"train": other}
+
+
+def other_probe(runs):
+    return shares_by(runs), {"probe": TensorLoader(tiny_split(600, 8), 500)}
+
+
+@pytest.mark.parametrize(
+    ("make", "hint"),
+    [
+        (at_base_lr, "10 * LR"),
+        (on_other_data, "is not the task's train_small"),
+        (other_probe, "probe is not val_loader"),
+    ],
+    ids=["large-lr-edited", "other-training-data", "other-probe"],
+)
+def test_silent_experiment_settings_are_the_task_s(task, runs, make, hint: str, capsys) -> None:
+    """The check used to retrain with the learner's own lr and data: a report consistent with
+    an edited LARGE_LR or another data set passed."""
+    shares, settings = make(runs)
+    fails(
+        lambda v: run_experiment_check(shares, v, **settings),
         honest_verdict(shares),
+        hint,
         "3.4",
         capsys,
     )
 
 
-def made_up(shares):
-    fake = {a: {s: v + 0.25 for s, v in r.items()} for a, r in shares.items()}
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("output", "*output*"),
+        ("first batch", "first batch of val_loader only"),
+        ("last batch", "last batch of val_loader only"),
+        ("layer mean", "mean of the per-layer shares"),
+    ],
+    ids=["counter-on-output", "counter-first-batch", "counter-last-batch", "mean-of-layer-shares"],
+)
+def test_silent_experiment_names_the_counter_s_mistake(task, runs, mistake, hint, capsys) -> None:
+    """Shares from a wrong Task 3.3 counter: the hint names it instead of blaming the protocol."""
+    shares = shares_by(runs, mistake)
+    message = fails(
+        lambda v: run_experiment_check(shares, v), honest_verdict(shares), hint, "3.4", capsys
+    )
+    assert "protocol" not in message.split("Hint:")[1]
+
+
+def made_up(runs):
+    fake = {a: {s: min(v + 0.25, 1.0) for s, v in r.items()} for a, r in shares_by(runs).items()}
     return fake, honest_verdict(fake)
 
 
-def one_seed(shares):
-    return {a: {0: r[0]} for a, r in shares.items()}, "within noise"
+def swapped_arms(runs):
+    shares = shares_by(runs)
+    fake = {"relu": shares["leaky_relu"], "leaky_relu": shares["relu"]}
+    return fake, honest_verdict(fake)
 
 
-def overlapping_but_claimed(_shares):
-    return {"relu": {0: 0.30, 1: 0.50}, "leaky_relu": {0: 0.20, 1: 0.40}}, "more in ReLU"
+def counts_not_shares(runs):
+    fake = {a: {s: v * 224 for s, v in r.items()} for a, r in shares_by(runs).items()}
+    return fake, "within noise"
 
 
-def clear_but_called_noise(_shares):
-    return {"relu": {0: 0.50, 1: 0.51}, "leaky_relu": {0: 0.10, 1: 0.11}}, "within noise"
+def one_seed(runs):
+    return {a: {0: r[0]} for a, r in shares_by(runs).items()}, "within noise"
 
 
-def other_seeds(shares):
-    return {"relu": shares["relu"], "leaky_relu": {5: 0.1, 6: 0.2}}, "within noise"
+def overlapping_but_claimed(_runs):  # paired differences -0.1 and +0.3: within noise
+    return {"relu": {0: 0.30, 1: 0.50}, "leaky_relu": {0: 0.40, 1: 0.20}}, "more in ReLU"
 
 
-def free_text(shares):
-    return shares, "ReLU dies more, I think"
+def clear_but_called_noise(_runs):  # paired differences 0.40 and 0.41: beyond noise
+    return {"relu": {0: 0.50, 1: 0.52}, "leaky_relu": {0: 0.10, 1: 0.11}}, "within noise"
+
+
+def other_seeds(runs):
+    return {"relu": shares_by(runs)["relu"], "leaky_relu": {5: 0.1, 6: 0.2}}, "within noise"
+
+
+def free_text(runs):
+    return shares_by(runs), "ReLU dies more, I think"
 
 
 @pytest.mark.parametrize(
     ("make", "hint"),
     [
         (made_up, "a rerun gave"),
+        (swapped_arms, "the arms are swapped"),
+        (counts_not_shares, "between 0 and 1"),
         (one_seed, "need 2 seeds"),
-        (overlapping_but_claimed, "within noise."),
-        (clear_but_called_noise, "this difference is real"),
+        (overlapping_but_claimed, "within noise"),
+        (clear_but_called_noise, "is beyond seed noise"),
         (other_seeds, "different seeds"),
         (free_text, "one of the three strings"),
     ],
     ids=[
         "made-up-numbers",
+        "swapped-arms",
+        "counts-not-shares",
         "one-seed",
         "claims-a-difference-within-noise",
         "calls-a-real-difference-noise",
@@ -313,6 +527,6 @@ def free_text(shares):
         "free-text-verdict",
     ],
 )
-def test_silent_experiment_wrong_reports_fail(tiny_data, make, hint: str, capsys) -> None:
-    shares, verdict = make(tiny_data[3])
-    fails(lambda v: run_experiment_check(tiny_data, shares, v), verdict, hint, "3.4", capsys)
+def test_silent_experiment_wrong_reports_fail(task, runs, make, hint: str, capsys) -> None:
+    shares, verdict = make(runs)
+    fails(lambda v: run_experiment_check(shares, v), verdict, hint, "3.4", capsys)

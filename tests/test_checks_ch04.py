@@ -10,9 +10,12 @@ import torch.nn.functional as F
 from checks_support import fails, passes
 from torch import nn
 
+from course_utils.checks import _common, ch04
 from course_utils.checks._common import ShortcutRefused
 from course_utils.checks.ch04 import (
     DROPOUT_SHORTCUTS,
+    TASK_WEIGHT_DECAY,
+    _rerun_accuracies,
     _rerun_gap,
     check_channel_dropout,
     check_dropout_module,
@@ -71,6 +74,32 @@ def make_dropout(
 
 def test_dropout_module_right_answer_passes(capsys) -> None:
     passes(check_dropout_module, make_dropout(), "4.1", capsys)
+
+
+class FeatureMaskDropout(nn.Module):
+    """One keep/drop draw per feature (the last dimension), shared by every row: the exact
+    share p of each row is dropped, the mask is fresh at each call and gradients flow, so the
+    rate, scale and gradient checks all passed."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(p)
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return torch.zeros_like(x)
+        n = x.shape[-1]
+        keep = torch.ones(n)
+        keep[torch.randperm(n)[: round(self.p * n)]] = 0
+        return x * keep / (1 - self.p)
+
+
+def test_dropout_module_one_mask_for_every_row_fails(capsys) -> None:
+    fails(check_dropout_module, FeatureMaskDropout, "every row got the same mask", "4.1", capsys)
 
 
 @pytest.mark.parametrize(
@@ -210,6 +239,18 @@ def test_mc_dropout_wrong_answers_fail(fn, hint: str, capsys) -> None:
     fails(check_mc_dropout, fn, hint, "4.2", capsys)
 
 
+def only_batchnorm_eval(model: nn.Module) -> None:
+    """BatchNorm to eval mode and nothing else: the model and its other layers stay in
+    training mode. The fixture could not tell it from model.eval() + dropout.train()."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def test_mc_dropout_only_batchnorm_to_eval_fails(capsys) -> None:
+    fails(check_mc_dropout, only_batchnorm_eval, "put the whole model in eval mode", "4.2", capsys)
+
+
 # --- 4.3 ---------------------------------------------------------------------------------------
 
 
@@ -298,88 +339,208 @@ def test_channel_dropout_refuses_library_dropout(cls, capsys) -> None:
 
 # --- 4.4 ---------------------------------------------------------------------------------------
 
-WD, EPOCHS = 1e-2, 2
+EPOCHS = 3  # the tiny task's GAP_EPOCHS (the real task pins 8)
+
+
+def tiny_split(n: int, seed: int) -> FashionMNISTTensors:
+    """``n`` learnable images: a class's prototype half-blended with noise."""
+    prototypes = torch.rand(10, 28, 28, generator=torch.Generator().manual_seed(99))
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = (0.3 * prototypes[labels] + 0.7 * torch.rand(n, 28, 28, generator=g)) * 255
+    return FashionMNISTTensors(images.to(torch.uint8), labels)
+
+
+TRAIN, VAL = tiny_split(256, 0), tiny_split(128, 1)
 
 
 @pytest.fixture(scope="module")
-def tiny_data():
-    g = torch.Generator().manual_seed(0)
-
-    def split(n):
-        return FashionMNISTTensors(
-            torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8),
-            torch.randint(0, 10, (n,), generator=g),
-        )
-
-    train, val = split(192), split(128)
-    gaps = {
-        arm: {s: _rerun_gap(wd, s, train, val, EPOCHS, "cpu") for s in (0, 1)}
-        for arm, wd in (("plain", 0.0), ("weight_decay", WD))
+def runs() -> dict[tuple[str, int], dict[str, float]]:
+    """Every run of the tiny task: its gap and what the recognised mistakes would report."""
+    return {
+        (arm, s): _rerun_accuracies(wd, s, TRAIN, VAL, EPOCHS, "cpu")
+        for arm, wd in (("plain", 0.0), ("weight_decay", TASK_WEIGHT_DECAY))
+        for s in (0, 1)
     }
-    return train, val, gaps
+
+
+@pytest.fixture
+def task(monkeypatch) -> None:
+    """The check's own copy of the task's data, tiny, and its epochs."""
+    monkeypatch.setattr(ch04, "_task_data", lambda: (TRAIN, VAL))
+    monkeypatch.setattr(ch04, "TASK_EPOCHS", EPOCHS)
+
+
+def gaps_by(runs, key: str = "gap") -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for (a, s), values in runs.items():
+        out.setdefault(a, {})[s] = values[key]
+    return out
 
 
 def honest_verdict(gaps) -> str:
-    runs = pd.DataFrame(
+    frame = pd.DataFrame(
         {"variant": a, "seed": s, "v": v} for a, r in gaps.items() for s, v in r.items()
     )
-    c = compare(runs, "plain", "weight_decay", "v")
+    c = compare(frame, "plain", "weight_decay", "v")
     if c.beyond_noise:
         return "weight decay narrows the gap" if c.diff > 0 else "weight decay widens the gap"
     return "within noise"
 
 
-def run_check(tiny_data, gaps, verdict):
-    train, val, _ = tiny_data
-    check_weight_decay_experiment(gaps, verdict, train, val, WD, EPOCHS)
+def run_check(gaps, verdict, *, train=TRAIN, val=VAL, wd=TASK_WEIGHT_DECAY, epochs=EPOCHS):
+    check_weight_decay_experiment(gaps, verdict, train, val, wd, epochs)
 
 
-def test_weight_decay_experiment_honest_report_passes(tiny_data, capsys) -> None:
-    gaps = tiny_data[2]
-    passes(lambda v: run_check(tiny_data, gaps, v), honest_verdict(gaps), "4.4", capsys)
+def test_the_tiny_task_tells_runs_apart(runs) -> None:
+    gaps = [r["gap"] for r in runs.values()]
+    assert len(set(gaps)) == len(gaps), runs
+    assert all(abs(r["on the fly"] - r["gap"]) > 0.01 for r in runs.values()), runs
 
 
-def made_up(gaps):
-    fake = {a: {s: v + 0.05 for s, v in r.items()} for a, r in gaps.items()}
+def test_weight_decay_experiment_honest_report_passes(task, runs, capsys) -> None:
+    gaps = gaps_by(runs)
+    passes(lambda v: run_check(gaps, v), honest_verdict(gaps), "4.4", capsys)
+
+
+class Pick:
+    """A stand-in for the check's own random generator, that picks ``run``."""
+
+    def __init__(self, run: tuple[str, int]) -> None:
+        self.run = run
+
+    def randrange(self, n: int) -> int:
+        runs = sorted((a, s) for a in ("plain", "weight_decay") for s in (0, 1))
+        assert n == len(runs)
+        return runs.index(self.run)
+
+
+def old_pick(reported) -> tuple[str, int]:
+    """The run that the check used to retrain: chosen from the sum of the reported values."""
+    rows = [
+        {"variant": a, "seed": s, "value": v} for a, r in reported.items() for s, v in r.items()
+    ]
+    frame = pd.DataFrame(rows)
+    runs = sorted(((r["variant"], r["seed"]) for r in rows), key=str)
+    return runs[int(round(abs(frame["value"].sum()) * 1e6)) % len(runs)]
+
+
+def right_for_one_run_only(gaps, keep: tuple[str, int]):
+    """The honest gap for ``keep``, the others 0.2 off (and a few millionths), so that the sum
+    of the report picks ``keep`` under the old rule."""
+    others = [(a, s) for a, r in gaps.items() for s in r if (a, s) != keep]
+    for extra in range(40):
+        fake = {a: dict(r) for a, r in gaps.items()}
+        for a, s in others:
+            fake[a][s] += 0.2
+        fake[others[0][0]][others[0][1]] += extra * 1e-6
+        if old_pick(fake) == keep:
+            return fake
+    raise AssertionError("no report found")
+
+
+@pytest.mark.parametrize(
+    "checked", [("plain", 0), ("plain", 1), ("weight_decay", 1)], ids=lambda r: f"{r[0]}-{r[1]}"
+)
+def test_weight_decay_experiment_right_for_the_picked_run_only_fails(
+    task, runs, checked, monkeypatch, capsys
+) -> None:
+    """The hole of issue 20: the check retrained the run picked by the sum of the reported
+    gaps, so a report right for that run only passed. The run is now the check's own random
+    choice: whichever of the wrong runs it picks, the report fails."""
+    fake = right_for_one_run_only(gaps_by(runs), ("weight_decay", 0))
+    monkeypatch.setattr(_common, "_PICKER", Pick(checked), raising=False)
+    fails(lambda v: run_check(fake, v), honest_verdict(fake), "a rerun gave", "4.4", capsys)
+
+
+def consistent_with(wd: float = TASK_WEIGHT_DECAY, epochs: int = EPOCHS, train=TRAIN):
+    arms = (("plain", 0.0), ("weight_decay", wd))
+    return {a: {s: _rerun_gap(w, s, train, VAL, epochs, "cpu") for s in (0, 1)} for a, w in arms}
+
+
+@pytest.mark.parametrize(
+    ("settings", "hint"),
+    [
+        ({"wd": 0.0}, "WEIGHT_DECAY = 1e-2"),
+        ({"epochs": 1}, "GAP_EPOCHS = 8"),
+        ({"train": tiny_split(256, 5)}, "is not the task's gap_train"),
+    ],
+    ids=["weight-decay-zero", "fewer-epochs", "other-training-data"],
+)
+def test_weight_decay_experiment_settings_are_the_task_s(task, settings, hint, capsys) -> None:
+    """The check used to retrain with the learner's own settings: WEIGHT_DECAY = 0 (both arms
+    alike, "within noise") or fewer epochs, reported consistently, passed."""
+    gaps = consistent_with(**settings)
+    fails(lambda v: run_check(gaps, v, **settings), honest_verdict(gaps), hint, "4.4", capsys)
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"),
+    [
+        ("sign", "opposite sign"),
+        ("on the fly", "fit's training accuracy"),
+        ("train", "training accuracy alone"),
+    ],
+    ids=["val-minus-train", "on-the-fly-train-accuracy", "train-accuracy-only"],
+)
+def test_weight_decay_experiment_names_the_gap_s_mistake(
+    task, runs, mistake, hint, monkeypatch, capsys
+) -> None:
+    """Gaps measured the wrong way: the hint names it instead of blaming the protocol."""
+    gaps = gaps_by(runs, mistake)
+    monkeypatch.setattr(_common, "_PICKER", Pick(("plain", 0)))
+    message = fails(lambda v: run_check(gaps, v), honest_verdict(gaps), hint, "4.4", capsys)
+    assert "protocol" not in message.split("Hint:")[1]
+
+
+def made_up(runs):
+    fake = {a: {s: v + 0.05 for s, v in r.items()} for a, r in gaps_by(runs).items()}
     return fake, honest_verdict(fake)
 
 
-def one_seed(gaps):
-    return {a: {0: r[0]} for a, r in gaps.items()}, "within noise"
+def percentage_points(runs):
+    fake = {a: {s: 100 * v for s, v in r.items()} for a, r in gaps_by(runs).items()}
+    return fake, "within noise"
 
 
-def claims_within_noise(_gaps):
-    return {"plain": {0: 0.10, 1: 0.12}, "weight_decay": {0: 0.09, 1: 0.11}}, (
+def one_seed(runs):
+    return {a: {0: r[0]} for a, r in gaps_by(runs).items()}, "within noise"
+
+
+def claims_within_noise(_runs):  # paired differences -0.01 and +0.03: within noise
+    return {"plain": {0: 0.10, 1: 0.12}, "weight_decay": {0: 0.11, 1: 0.09}}, (
         "weight decay narrows the gap"
     )
 
 
-def calls_real_difference_noise(_gaps):
-    return {"plain": {0: 0.10, 1: 0.101}, "weight_decay": {0: 0.05, 1: 0.051}}, "within noise"
+def calls_real_difference_noise(_runs):  # paired differences 0.050 and 0.051: beyond noise
+    return {"plain": {0: 0.10, 1: 0.102}, "weight_decay": {0: 0.05, 1: 0.051}}, "within noise"
 
 
-def wrong_direction(_gaps):
-    return {"plain": {0: 0.10, 1: 0.101}, "weight_decay": {0: 0.05, 1: 0.051}}, (
+def wrong_direction(_runs):
+    return {"plain": {0: 0.10, 1: 0.102}, "weight_decay": {0: 0.05, 1: 0.051}}, (
         "weight decay widens the gap"
     )
 
 
-def missing_arm(gaps):
-    return {"plain": gaps["plain"]}, "within noise"
+def missing_arm(runs):
+    return {"plain": gaps_by(runs)["plain"]}, "within noise"
 
 
 @pytest.mark.parametrize(
     ("make", "hint"),
     [
         (made_up, "a rerun gave"),
+        (percentage_points, "not percentage points"),
         (one_seed, "need 2 seeds"),
-        (claims_within_noise, "within noise."),
-        (calls_real_difference_noise, "this difference is real"),
-        (wrong_direction, "this difference is real"),
+        (claims_within_noise, "within noise"),
+        (calls_real_difference_noise, "is beyond seed noise"),
+        (wrong_direction, "in the other direction"),
         (missing_arm, "expected the arms"),
     ],
     ids=[
         "made-up-numbers",
+        "percentage-points",
         "one-seed",
         "claims-a-difference-within-noise",
         "calls-a-real-difference-noise",
@@ -387,6 +548,6 @@ def missing_arm(gaps):
         "missing-arm",
     ],
 )
-def test_weight_decay_experiment_wrong_reports_fail(tiny_data, make, hint: str, capsys) -> None:
-    gaps, verdict = make(tiny_data[2])
-    fails(lambda v: run_check(tiny_data, gaps, v), verdict, hint, "4.4", capsys)
+def test_weight_decay_experiment_wrong_reports_fail(task, runs, make, hint: str, capsys) -> None:
+    gaps, verdict = make(runs)
+    fails(lambda v: run_check(gaps, v), verdict, hint, "4.4", capsys)

@@ -80,6 +80,24 @@ def test_traced_file_of_another_module_fails(
     fails(lambda p: check_traced_file(p, model), path, "trace the classifier", "8.1", capsys)
 
 
+class NaNLogits(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * float("nan")
+
+
+def test_traced_file_with_nan_outputs_fails(
+    model: FashionCNN, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN logits: |NaN - x| > tol is False, so the comparison used to let them through."""
+    path = tmp_path / "traced.pt"
+    trace(NaNLogits(model).eval()).save(str(path))
+    fails(lambda p: check_traced_file(p, model), path, "NaN or infinite logits", "8.1", capsys)
+
+
 @pytest.mark.parametrize(
     ("dropout", "hint"),
     [(0.5, "dropout was recorded"), (0.0, "BatchNorm was recorded")],
@@ -198,6 +216,96 @@ def parity_different_inputs(reference, candidate, batch_sizes=(1, 7, 64)) -> flo
             )
             for n in batch_sizes
         )
+
+
+def parity_argmax(reference, candidate, batch_sizes=(1, 7, 64)) -> float:
+    """Compares predicted classes: 0.01 on one logit rarely changes one."""
+    with torch.inference_mode():
+        return max(
+            float((reference(x).argmax(1) != candidate(x).argmax(1)).float().max())
+            for x in (torch.randn(n, 1, 28, 28) for n in batch_sizes)
+        )
+
+
+def parity_sum(reference, candidate, batch_sizes=(1, 7, 64)) -> float:
+    """The sum of the absolute differences: equal to the max when one logit differs."""
+    with torch.inference_mode():
+        return max(
+            float((reference(x) - candidate(x)).abs().sum())
+            for x in (torch.randn(n, 1, 28, 28) for n in batch_sizes)
+        )
+
+
+def parity_skips_first_row(reference, candidate, batch_sizes=(1, 7, 64)) -> float:
+    with torch.inference_mode():
+        return max(
+            float(
+                torch.cat([(reference(x) - candidate(x))[1:].abs().flatten(), torch.zeros(1)]).max()
+            )
+            for x in (torch.randn(n, 1, 28, 28) for n in batch_sizes)
+        )
+
+
+@pytest.mark.parametrize(
+    ("wrong_parity", "hint"),
+    [
+        (parity_argmax, "compare the logits themselves"),
+        (parity_sum, "not a sum or a norm"),
+        (parity_skips_first_row, "the batch of one image included"),
+    ],
+    ids=["parity_compares_argmax", "parity_sums_differences", "parity_skips_first_row"],
+)
+def test_parity_hint_names_what_was_measured(
+    wrong_parity: Callable, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An argmax parity was told "compare every row"; a sum passed (every planted fault had one
+    logit off, where sum and max agree); a parity skipping row 0 was told "try every size"."""
+    fails(honest(parity_fn=wrong_parity), None, hint, "8.2", capsys)
+
+
+def export_and_check_of_the_program_in_memory(model: nn.Module, path: Path) -> float:
+    """Saves the file, but tests the program before it was saved, not the file."""
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(
+        model, (torch.randn(8, 1, 28, 28),), dynamic_shapes={"x": {0: batch}}
+    )
+    torch.export.save(program, path)
+    return parity(model, program.module())
+
+
+def export_and_check_of_the_model_itself(model: nn.Module, path: Path) -> float:
+    make_export_and_check()(model, path)
+    return parity(model, model)
+
+
+def export_and_check_nan_file(model: nn.Module, path: Path) -> float:
+    """A file whose program gives NaN logits, and a reported 0.0."""
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(
+        NaNLogits(model), (torch.randn(8, 1, 28, 28),), dynamic_shapes={"x": {0: batch}}
+    )
+    torch.export.save(program, path)
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("answer", "hint"),
+    [
+        (export_and_check_of_the_program_in_memory, "test the file"),
+        (export_and_check_of_the_model_itself, "test the file"),
+        (export_and_check_nan_file, "NaN or infinite logits"),
+    ],
+    ids=["tests_the_program_not_the_file", "tests_the_model_against_itself", "nan_file"],
+)
+def test_export_and_check_must_test_its_file(
+    answer: Callable, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The file was right, so the number export_and_check returned could not be told from one
+    computed without the file: the check now hands back a program off by 0.01 from
+    torch.export.load and expects to see it."""
+    fails(honest(answer), None, hint, "8.2", capsys)
 
 
 @pytest.mark.parametrize(
@@ -331,9 +439,86 @@ def test_python_if_fails_with_torch_cond_hint(capsys: pytest.CaptureFixture[str]
     fails(check_cond_export, InvertIfBright, "torch.cond", "8.3", capsys)
 
 
-@pytest.mark.parametrize("wrong", [SwappedCond, NeverInverts], ids=["swapped_branches", "no_cond"])
-def test_wrong_branch_fails(wrong: type[nn.Module], capsys: pytest.CaptureFixture[str]) -> None:
-    fails(check_cond_export, wrong, "bright", "8.3", capsys)
+class WhereInvert(InvertIfBright):
+    """torch.where: exports, and matches on every batch, but it is not torch.cond."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.where(x.mean() > self.threshold, 1 - x, x)
+        return self.classifier((x - self.mean) / self.std)
+
+
+class BlendInvert(InvertIfBright):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bright = (x.mean() > self.threshold).float()
+        x = bright * (1 - x) + (1 - bright) * x
+        return self.classifier((x - self.mean) / self.std)
+
+
+class FirstImageCond(InvertIfBright):
+    """Decides by the first image only: all-dark and all-bright batches could not tell."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cond(x[0].mean() > self.threshold, lambda t: 1.0 - t, lambda t: t.clone(), (x,))
+        return self.classifier((x - self.mean) / self.std)
+
+
+class LastImageCond(InvertIfBright):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cond(x[-1].mean() > self.threshold, lambda t: 1.0 - t, lambda t: t.clone(), (x,))
+        return self.classifier((x - self.mean) / self.std)
+
+
+class TypedThresholdCond(InvertIfBright):
+    """0.5 typed in: the default threshold could not tell it from self.threshold."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cond(x.mean() > 0.5, lambda t: 1.0 - t, lambda t: t.clone(), (x,))
+        return self.classifier((x - self.mean) / self.std)
+
+
+class NotNormalisedCond(InvertIfBright):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cond(x.mean() > self.threshold, lambda t: 1.0 - t, lambda t: t.clone(), (x,))
+        return self.classifier(x)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (SwappedCond, "the program inverted a dark batch"),
+        (NeverInverts, "no torch.cond"),
+        (NotNormalisedCond, "normalise after choosing the branch"),
+    ],
+    ids=["swapped_branches", "no_cond", "not_normalised"],
+)
+def test_wrong_branch_fails(
+    wrong: type[nn.Module], hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fails(check_cond_export, wrong, hint, "8.3", capsys)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "hint"),
+    [
+        (WhereInvert, "torch.where computes both branches"),
+        (BlendInvert, "with no cond"),
+        (FirstImageCond, "decide once, for the whole batch"),
+        (LastImageCond, "decide once, for the whole batch"),
+        (TypedThresholdCond, "compare with self.threshold"),
+    ],
+    ids=[
+        "torch_where",
+        "arithmetic_blend",
+        "first_image_decides",
+        "last_image_decides",
+        "typed_0.5",
+    ],
+)
+def test_cond_export_holes_closed(
+    wrong: type[nn.Module], hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each of these matched InvertIfBright on the old all-dark and all-bright batches."""
+    fails(check_cond_export, wrong, hint, "8.3", capsys)
 
 
 def test_cond_export_passes_not_implemented_through() -> None:

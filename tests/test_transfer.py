@@ -168,6 +168,42 @@ def test_load_digits_tensors() -> None:
     assert not torch.equal(other["test"].images, d["test"].images)
 
 
+def test_load_digits_tensors_validation_split() -> None:
+    """The validation split comes out of the training part: the test set is the one without a
+    validation split, the three splits are disjoint and cover the data, and each is stratified
+    and seeded."""
+    plain = load_digits_tensors()
+    d = load_digits_tensors(val_fraction=0.2)
+    assert list(d) == ["train", "val", "test"]
+    assert torch.equal(d["test"].images, plain["test"].images)
+    assert torch.equal(d["test"].labels, plain["test"].labels)
+    assert len(d["val"]) == round(0.2 * 1797)
+    assert sum(len(split) for split in d.values()) == 1797
+    # load_digits has no duplicate (image, label), so a shared one means a shared example
+    rows = {
+        name: {
+            bytes(img.numpy()) + bytes([int(lab)])
+            for img, lab in zip(split.images, split.labels, strict=True)
+        }
+        for name, split in d.items()
+    }
+    assert not rows["train"] & rows["val"] and not rows["val"] & rows["test"]
+    counts = torch.bincount(d["val"].labels, minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38  # stratified: about 36 of each digit
+    again = load_digits_tensors(val_fraction=0.2)
+    assert torch.equal(again["val"].labels, d["val"].labels)
+    other = load_digits_tensors(val_fraction=0.2, seed=1)
+    assert not torch.equal(other["val"].images, d["val"].images)
+
+
+@pytest.mark.parametrize(
+    ("test_fraction", "val_fraction"), [(0.0, 0.2), (0.3, -0.1), (0.6, 0.4), (1.0, 0.0)]
+)
+def test_load_digits_tensors_refuses_bad_fractions(test_fraction, val_fraction) -> None:
+    with pytest.raises(ValueError, match="fraction"):
+        load_digits_tensors(test_fraction=test_fraction, val_fraction=val_fraction)
+
+
 def test_digits_batches_are_normalised_like_the_source() -> None:
     d = load_digits_tensors()
     x, _ = next(iter(TensorLoader(d["train"], 2000)))

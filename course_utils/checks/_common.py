@@ -3,7 +3,8 @@ shortcuts a task asks the learner to write themselves, and seeded fixtures."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
@@ -18,11 +19,13 @@ __all__ = [
     "aliases",
     "build_model",
     "call",
+    "choose",
     "failure",
     "fixed_batch",
     "passed",
     "refuse",
     "reported_runs_verdict",
+    "same_data",
     "seeded_cnn",
     "small_model",
 ]
@@ -122,6 +125,21 @@ def build_model(ex: str, model_cls: Callable[..., nn.Module], **kwargs: Any) -> 
     return model
 
 
+def same_data(given: Any, task: Any) -> bool:
+    """Whether ``given`` holds the images and labels of the split ``task`` (a
+    :class:`~course_utils.data.FashionMNISTTensors`; ``given`` may also be a ``TensorLoader``,
+    on any device)."""
+    images, labels = getattr(given, "images", None), getattr(given, "labels", None)
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        return False
+    return (
+        images.shape == task.images.shape
+        and labels.shape == task.labels.shape
+        and torch.equal(images.cpu(), task.images)
+        and torch.equal(labels.cpu(), task.labels)
+    )
+
+
 class _Namespace:
     """A module's globals ``dict`` seen as an object, so that ``mock.patch.object`` can patch a
     name in it (``from torch.nn.functional import dropout`` binds ``dropout`` there)."""
@@ -155,6 +173,21 @@ def aliases(
     return found
 
 
+#: The checks' own source of chance, for the runs they rerun: seeded from the operating system
+#: when the module is imported, so that no seed the learner sets (``seed_everything`` seeds
+#: ``random``, NumPy and torch) and no reported value can decide which run is checked.
+_PICKER = random.Random()
+
+
+def choose(options: Sequence[Any]) -> Any:
+    """One of ``options``, chosen by the checks' own random generator (never the learner's)."""
+    return options[_PICKER.randrange(len(options))]
+
+
+Run = tuple[str, int]
+"""One run of an experiment task: ``(arm, seed)``."""
+
+
 def reported_runs_verdict(
     ex: str,
     reported: Any,
@@ -166,22 +199,41 @@ def reported_runs_verdict(
     tolerance: float,
     what: str,
     min_seeds: int = 2,
+    rerun: str = "one",
+    value_range: tuple[float, float] | None = None,
+    range_hint: str = "",
+    verify_run: Callable[[str, int], None] | None = None,
+    explain: Callable[[Mapping[Run, float], Mapping[Run, float]], str | None] | None = None,
+    protocol: str = "the protocol the task states (same seed_everything, data order, optimiser "
+    "and epochs)",
 ) -> str:
     """Check an experiment task: numbers from real runs, and a verdict that follows the noise rule.
 
     ``reported`` is ``{arm: {seed: value}}`` for the two ``arms``, with the same ``min_seeds`` or
-    more seeds each. The verdict must be ``verdicts[0]`` when the first arm's value is higher
-    beyond noise (:attr:`course_utils.experiments.Comparison.beyond_noise`), ``verdicts[1]``
-    when the second's is, and ``verdicts[2]`` otherwise (case and outer spaces ignored). Then
-    one run, chosen from the reported numbers, is recomputed with ``recompute(arm, seed)`` and
-    must agree within ``tolerance``. Structure and verdict are checked before the (slow) rerun.
+    more integer seeds each. The verdict must be ``verdicts[0]`` when the first arm's value is
+    higher beyond noise (:attr:`course_utils.experiments.Comparison.beyond_noise`),
+    ``verdicts[1]`` when the second's is, and ``verdicts[2]`` otherwise (case and outer spaces
+    ignored). Then runs are recomputed with ``recompute(arm, seed)`` and must agree within
+    ``tolerance``: every run (``rerun="all"``), or one run chosen at random by the check
+    (``rerun="one"``, from :func:`choose`: not from the reported values, so that a report cannot
+    steer which run is checked). The cheap checks come first: structure, ``value_range``, the
+    verdict, then ``verify_run(arm, seed)`` on a run chosen at random (for example the learner's
+    own ``run``), then the (slow) reruns.
+
+    Args:
+        value_range: ``(low, high)`` that every value must lie in (a share, a difference of
+            accuracies); a value outside it fails before any rerun, with ``range_hint``.
+        explain: given the reported values and the recomputed ones (``{(arm, seed): value}``),
+            the mistake that explains the difference (the learner's earlier task, a sign, swapped
+            arms…) as a hint, or ``None``; asked before the hint falls back to saying what was
+            measured and what was expected.
+        protocol: how the check trains a run, for the fallback hint.
 
     Returns:
         the comparison's sentence (machine-dependent numbers: keep it off a ✅ line that
         strict nbval compares).
     """
     import math
-    from collections.abc import Mapping
 
     import pandas as pd
 
@@ -189,11 +241,12 @@ def reported_runs_verdict(
 
     shape_hint = (
         f"report a dict {{arm: {{seed: {what}}}}} with the arms {list(arms)}, the same "
-        f"{min_seeds} or more seeds for each, and one float per run."
+        f"{min_seeds} or more integer seeds for each, and one float per run."
     )
     if not isinstance(reported, Mapping) or set(reported) != set(arms):
-        keys = sorted(reported) if isinstance(reported, Mapping) else type(reported).__name__
-        raise failure(ex, f"reported {keys}, expected the arms {list(arms)}", shape_hint)
+        keys = sorted(map(repr, reported)) if isinstance(reported, Mapping) else None
+        shown = ", ".join(keys) if keys is not None else type(reported).__name__
+        raise failure(ex, f"reported {shown}, expected the arms {list(arms)}", shape_hint)
     rows = []
     for arm in arms:
         runs = reported[arm]
@@ -205,14 +258,23 @@ def reported_runs_verdict(
                 "one seed says nothing about the spread: " + shape_hint,
             )
         for seed, value in runs.items():
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise failure(ex, f"{arm}: the seed {seed!r} is not an int", shape_hint)
             if isinstance(value, torch.Tensor) and value.numel() == 1:
                 value = value.item()
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise failure(ex, f"{arm}, seed {seed}: {value!r} is not a number", shape_hint)
             if not math.isfinite(value):
                 raise failure(ex, f"{arm}, seed {seed}: {value} is not finite", shape_hint)
-            rows.append({"variant": arm, "seed": seed, "value": float(value)})
-    seeds = [sorted(map(str, reported[arm])) for arm in arms]
+            if value_range is not None and not value_range[0] <= value <= value_range[1]:
+                raise failure(
+                    ex,
+                    f"{arm}, seed {seed}: {value!r} is outside [{value_range[0]:g}, "
+                    f"{value_range[1]:g}], the range of a {what}",
+                    range_hint or shape_hint,
+                )
+            rows.append({"variant": arm, "seed": int(seed), "value": float(value)})
+    seeds = [sorted(reported[arm]) for arm in arms]
     if seeds[0] != seeds[1]:
         raise failure(
             ex,
@@ -220,7 +282,16 @@ def reported_runs_verdict(
             "run every arm with the same seeds: a fair comparison changes one thing only.",
         )
     frame = pd.DataFrame(rows)
-    comparison = compare(frame, arms[0], arms[1], "value")
+    comparison = call(
+        ex,
+        "comparing the two arms",
+        compare,
+        frame,
+        arms[0],
+        arms[1],
+        "value",
+        hint=shape_hint,
+    )
     if comparison.beyond_noise:
         expected = verdicts[0] if comparison.diff > 0 else verdicts[1]
     else:
@@ -236,26 +307,44 @@ def reported_runs_verdict(
     if said != expected.lower():
         if expected == verdicts[2]:
             hint = (
-                "by the noise rule a difference is real only if the seeds' ranges do not "
-                "overlap and the means differ by more than twice the larger std: here it is "
-                "within noise."
+                "by the chapter's rule (compare(...).beyond_noise is False for these numbers) "
+                f"the difference is within noise, not resolved with these seeds: the verdict is "
+                f"{expected!r}. Choose it by code from beyond_noise, not from the means alone."
+            )
+        elif said == verdicts[2].lower():
+            hint = (
+                "by the chapter's rule (compare(...).beyond_noise is True for these numbers) "
+                f"the difference is beyond seed noise: the verdict is {expected!r}."
             )
         else:
             hint = (
-                "by the noise rule this difference is real (no overlap, and more than twice "
-                "the larger std apart); say which arm is higher."
+                "the difference is beyond seed noise, but in the other direction: "
+                f"compare(...).diff is {comparison.diff:+.4f} ({arms[0]} − {arms[1]}), so the "
+                f"verdict is {expected!r}."
             )
         raise failure(ex, f"verdict {verdict!r}, expected {expected!r} ({numbers})", hint)
-    runs = sorted(((r["variant"], r["seed"]) for r in rows), key=str)
-    pick = int(round(abs(frame["value"].sum()) * 1e6)) % len(runs)
-    arm, seed = runs[pick]
-    again = recompute(arm, seed)
-    if abs(again - float(reported[arm][seed])) > tolerance:
+    values = {(r["variant"], r["seed"]): r["value"] for r in rows}
+    runs = sorted(values)
+    if verify_run is not None:
+        verify_run(*choose(runs))
+    chosen = runs if rerun == "all" else [choose(runs)]
+    again = {run: float(recompute(*run)) for run in chosen}
+    wrong = [run for run in chosen if not abs(again[run] - values[run]) <= tolerance]
+    if wrong:
+        arm, seed = wrong[0]
+        more = f" ({len(wrong) - 1} more run(s) differ too)" if len(wrong) > 1 else ""
+        hint = explain(values, again) if explain is not None else None
+        if hint is None:
+            hint = (
+                f"report the numbers of your runs: the check trained {arm} seed {seed} by "
+                f"{protocol} and measured {again[arm, seed]:.4f} (tolerance {tolerance:g}); "
+                f"you reported {values[arm, seed]:.4f}."
+            )
         raise failure(
             ex,
-            f"{arm}, seed {seed}: reported {float(reported[arm][seed]):.4f}, a rerun gave "
-            f"{again:.4f}",
-            "report the numbers of your runs, from the protocol the task states (same "
-            "seed_everything, data order, optimiser and epochs).",
+            f"{arm}, seed {seed}: reported {values[arm, seed]:.4f}, a rerun gave "
+            f"{again[arm, seed]:.4f}{more}",
+            hint,
         )
-    return f"{numbers}; rerun of {arm} seed {seed}: {again:.4f}"
+    shown = "; ".join(f"{a} seed {s}: {v:.4f}" for (a, s), v in again.items())
+    return f"{numbers}; rerun of {shown}"

@@ -4,16 +4,20 @@ both modes, and an experiment of the learner's own."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..data import FashionMNISTTensors, TensorLoader, load_tensors
+from ..models import FashionCNN
+from ..train import evaluate, fit, seed_everything
 from ._common import aliases, build_model, call, failure, passed, refuse, reported_runs_verdict
 
 __all__ = [
     "ARMS",
+    "TASK_LR",
     "VERDICTS",
     "check_batchnorm_fn",
     "check_batchnorm_placement",
@@ -71,13 +75,9 @@ def check_batchnorm_placement(model_cls: Callable[..., nn.Module]) -> None:
     except NotImplementedError:
         raise
     except Exception as err:
-        hint = (
-            "num_features must equal the channels coming out of the conv before it "
-            "(conv2 has 64 output channels)."
-            if "running_mean" in str(err) or "weight" in str(err) or "features" in str(err)
-            else "use nn.BatchNorm2d (for [N, C, H, W] feature maps) and check each num_features."
-        )
-        raise failure(ex, f"the forward pass raised {type(err).__name__}: {err}", hint) from err
+        raise failure(
+            ex, f"the forward pass raised {type(err).__name__}: {err}", _forward_error_hint(err)
+        ) from err
     finally:
         for hook in hooks:
             hook.remove()
@@ -119,6 +119,32 @@ def check_batchnorm_placement(model_cls: Callable[..., nn.Module]) -> None:
         ex,
         f"each of the {len(convs)} convs feeds a BatchNorm2d with matching num_features; it "
         f"also builds for 36×36 inputs; {note}",
+    )
+
+
+def _forward_error_hint(err: Exception) -> str:
+    """The mistake behind an error of the forward pass on a ``[4, 1, 28, 28]`` batch."""
+    message = str(err)
+    if "running_mean" in message or "running_var" in message:
+        return (
+            "num_features must equal the channels coming out of the conv before it "
+            "(conv2 has 64 output channels)."
+        )
+    if "expected 4D input" in message or "expected 2D or 3D input" in message:
+        return "use nn.BatchNorm2d for [N, C, H, W] feature maps (BatchNorm1d is for [N, F])."
+    if "channels" in message and "expected input" in message:
+        return (
+            "a conv receives another number of channels than its in_channels: each conv's "
+            "in_channels must equal the out_channels of the conv before it."
+        )
+    if "mat1 and mat2" in message:
+        return (
+            "the flatten size does not match the linear layer's in_features: measure it with "
+            "a dummy torch.zeros(1, 1, input_size, input_size) passed through the conv blocks."
+        )
+    return (
+        "the forward pass of a [4, 1, 28, 28] batch in training mode must return [4, 10] "
+        "logits: read the error above for the layer that failed."
     )
 
 
@@ -259,6 +285,10 @@ def _bn_hint(
                 "in eval mode normalise with running_mean and running_var, not with the "
                 "batch's statistics: a prediction must not depend on the rest of the batch."
             )
+        fixed = (x - rm.view(shape)) / torch.sqrt(rv.view(shape) + 1e-5)
+        fixed = fixed * gamma.view(shape) + beta.view(shape)
+        if eps != 1e-5 and torch.allclose(y, fixed, atol=1e-5):
+            return f"use the `eps` argument (here {eps:g}), not a fixed 1e-5."
         return "eval mode: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta."
     plain = (x - mean) / torch.sqrt(biased + eps)
     if torch.allclose(
@@ -290,6 +320,21 @@ def _running_hint(
             )
     if torch.allclose(got, momentum * old + (1 - momentum) * batch, atol=1e-5):
         return "new = (1 - momentum) * old + momentum * batch value: momentum weighs the batch."
+    if not math.isclose(momentum, 0.1) and torch.allclose(got, 0.9 * old + 0.1 * batch, atol=1e-5):
+        return (
+            f"use the `momentum` argument (here {momentum:g}), not a fixed 0.1: new = "
+            "(1 - momentum) * old + momentum * batch value."
+        )
+    if torch.allclose(got, old, atol=1e-6):
+        return (
+            f"in training mode {what} moves towards the batch's value: new = (1 - momentum) * "
+            "old + momentum * batch value; you returned it unchanged."
+        )
+    if torch.allclose(got, batch, atol=1e-5):
+        return (
+            f"you returned the batch's value as the new {what}: blend it with the old one, "
+            "new = (1 - momentum) * old + momentum * batch value."
+        )
     return f"new {what} = (1 - momentum) * old + momentum * the batch's value, per channel."
 
 
@@ -438,21 +483,103 @@ def _check_sequence(ex: str, fn: Callable[..., Any], shortcuts: list[tuple[objec
 VERDICTS: tuple[str, str, str] = ("BatchNorm helps", "BatchNorm hurts", "within seed noise")
 ARMS: tuple[str, str] = ("batch", "none")  # FashionCNN(norm=...) with and without BatchNorm
 
+#: Task 2.3's protocol, pinned here: ``HIGH_LR`` in the notebook is the learner's to edit, the
+#: task is not. Adam at 10× chapter 2's 1e-3, one epoch in shuffled batches of 64.
+TASK_LR = 10 * 1e-3
+TASK_BATCH = 64
+TASK_EPOCHS = 1
+_PROTOCOL = (
+    "the task's protocol (seed_everything(seed), FashionCNN(norm=norm), one epoch of Adam at "
+    "lr 0.01 on exp_train in batches of 64 shuffled with seed, then the accuracy on val_loader)"
+)
 
-def _rerun(ex: str, run: Callable[[str, int], float], lr: float) -> Callable[[str, int], float]:
-    """``run`` for the recomputation, checking that it trains at ``lr`` and that BatchNorm2d
-    layers run exactly in the ``"batch"`` arm."""
+
+def _task_data() -> tuple[FashionMNISTTensors, FashionMNISTTensors]:
+    """Task 2.3's ``exp_train`` (1,000 images) and ``val_small`` (1,000), built as the setup
+    cell of the chapter 2 exercises builds them."""
+    splits = load_tensors()
+    pick = torch.Generator().manual_seed(0)
+    train, val = splits["train"], splits["val"]
+    train_small = train.subset(torch.randperm(len(train), generator=pick)[:2000])
+    val_small = val.subset(torch.randperm(len(val), generator=pick)[:1000])
+    return train_small.random_subset(1000, seed=0), val_small
+
+
+def _protocol_accuracy(
+    norm: str,
+    seed: int,
+    train: FashionMNISTTensors,
+    val: FashionMNISTTensors,
+    device: torch.device,
+) -> float:
+    """One run of Task 2.3 by the check's own protocol: its validation accuracy."""
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(seed)
+        model = FashionCNN(norm=norm).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=TASK_LR)
+        batches = TensorLoader(train, TASK_BATCH, shuffle=True, seed=seed, device=device)
+        fit(model, batches, None, TASK_EPOCHS, optimizer, progress=False)
+        return evaluate(model, TensorLoader(val, 500, device=device))[1]
+
+
+class _RunRecord:
+    """What one call of the learner's ``run`` did: optimiser steps, layers, images, device."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.optimizers: set[str] = set()
+        self.steps = 0
+        self.layer_types: set[str] = set()
+        self.train_images = 0
+        self.device: torch.device | None = None
+        self.depth = 0
+
+    def step(self, optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        self.steps += 1
+        self.optimizers.add(type(optimizer).__name__)
+        self.lrs.extend(float(group["lr"]) for group in optimizer.param_groups)
+
+    def enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.depth == 0 and module.training and torch.is_grad_enabled():
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.dim() == 4:
+                self.train_images += len(x)
+                self.device = x.device
+        self.depth += 1
+
+    def leave(self, module: nn.Module, _args: Any, _out: Any) -> None:
+        self.depth = max(self.depth - 1, 0)
+        self.layer_types.add(type(module).__name__)
+
+
+def _verify_run(
+    ex: str,
+    run: Callable[[str, int], float],
+    reported: Any,
+    train_size: int,
+    found: dict[str, torch.device],
+) -> Callable[[str, int], None]:
+    """Rerun the learner's ``run(arm, seed)`` for both arms at the seed it is given, watching
+    it: Adam at :data:`TASK_LR`, one epoch of the task's batches, BatchNorm2d layers exactly in
+    the ``"batch"`` arm, and the reported number back again. Stores the device it trained on in
+    ``found``."""
+    from torch.nn.modules.module import (
+        register_module_forward_hook,
+        register_module_forward_pre_hook,
+    )
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    def rerun(arm: str, seed: int) -> float:
-        lrs: list[float] = []
-        layer_types: set[str] = set()
-        step_hook = register_optimizer_step_pre_hook(
-            lambda opt, _a, _k: lrs.extend(group["lr"] for group in opt.param_groups)
-        )
-        forward_hook = nn.modules.module.register_module_forward_hook(
-            lambda module, _i, _o: layer_types.add(type(module).__name__)
-        )
+    def verify(_arm: str, seed: int) -> None:
+        for arm in ARMS:  # both arms: BatchNorm must run in one and not in the other
+            verify_one(arm, seed)
+
+    def verify_one(arm: str, seed: int) -> None:
+        record = _RunRecord()
+        handles = [
+            register_optimizer_step_pre_hook(record.step),
+            register_module_forward_pre_hook(record.enter),
+            register_module_forward_hook(record.leave),
+        ]
         try:
             value = call(
                 ex,
@@ -464,27 +591,105 @@ def _rerun(ex: str, run: Callable[[str, int], float], lr: float) -> Callable[[st
                 "and returns its validation accuracy as a float.",
             )
         finally:
-            step_hook.remove()
-            forward_hook.remove()
-        if not lrs or not all(math.isclose(v, lr) for v in lrs):
-            shown = sorted(set(lrs))[:3] if lrs else "no optimizer step at all"
+            for handle in handles:
+                handle.remove()
+        found["device"] = record.device or torch.device("cpu")
+        who = f"run({arm!r}, {seed})"
+        steps = -(-train_size // TASK_BATCH) * TASK_EPOCHS
+        if record.steps == 0:
             raise failure(
                 ex,
-                f"run({arm!r}, {seed}) trained with learning rate {shown}, not {lr:g}",
-                "the question is about the 10× larger learning rate: give it to the optimiser.",
+                f"{who} took no optimiser step",
+                "train the model: one epoch of Adam on exp_train, optimizer.step() per batch "
+                "(fit(...) does it).",
             )
-        has_bn = "BatchNorm2d" in layer_types
+        if not all(math.isclose(v, TASK_LR) for v in record.lrs):
+            shown = ", ".join(f"{v:g}" for v in sorted(set(record.lrs))[:3])
+            base = any(math.isclose(v, TASK_LR / 10) for v in record.lrs)
+            raise failure(
+                ex,
+                f"{who} trained with learning rate {shown}, not {TASK_LR:g}",
+                ("1e-3 is chapter 2's rate; " if base else "")
+                + f"the question is about the 10× larger learning rate, 10 × 1e-3 = {TASK_LR:g} "
+                "(HIGH_LR): give it to the optimiser.",
+            )
+        if record.optimizers != {"Adam"}:
+            raise failure(
+                ex,
+                f"{who} trained with {', '.join(sorted(record.optimizers))}, not Adam",
+                "the task changes one thing, the learning rate: keep chapter 2's optimiser, "
+                "torch.optim.Adam(model.parameters(), lr=HIGH_LR).",
+            )
+        if record.steps != steps:
+            raise failure(
+                ex,
+                f"{who} took {record.steps} optimiser step(s); one epoch on exp_train "
+                f"({train_size:,} images in batches of {TASK_BATCH}) is {steps}",
+                "train for one epoch on exp_train: TensorLoader(exp_train, 64, shuffle=True, "
+                "seed=seed), one optimiser step per batch, as fit(..., epochs=1) does.",
+            )
+        if record.train_images != train_size * TASK_EPOCHS:
+            raise failure(
+                ex,
+                f"{who} trained on {record.train_images:,} images in {steps} steps; one epoch on "
+                f"exp_train is {train_size:,}",
+                "train on exp_train (the 1,000 images of the task), in batches of 64.",
+            )
+        has_bn = "BatchNorm2d" in record.layer_types
         if has_bn != (arm == ARMS[0]):
             raise failure(
                 ex,
-                f"run({arm!r}, {seed}) {'used' if has_bn else 'used no'} BatchNorm2d layers",
+                f"{who} {'used' if has_bn else 'used no'} BatchNorm2d layers",
                 "build FashionCNN(norm=norm): 'batch' has BatchNorm, 'none' has none.",
             )
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
-        return float(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise failure(
+                ex,
+                f"{who} returned {type(value).__name__}, not a float",
+                "return the validation accuracy as a float: evaluate(model, val_loader)[1].",
+            )
+        said = float(reported[arm][seed])
+        if not abs(float(value) - said) <= 1e-6:
+            elsewhere = [
+                (a, s)
+                for a, runs in reported.items()
+                for s, v in runs.items()
+                if (a, s) != (arm, seed) and abs(float(v) - float(value)) <= 1e-6
+            ]
+            hint = (
+                f"{who} returns the number you reported under {elsewhere[0]}: store each "
+                "accuracy under the arm and seed of its own run, reported[norm][seed] = "
+                "run(norm, seed)."
+                if elsewhere
+                else "report the numbers of your runs, as run returns them; and make run "
+                "reproducible: seed_everything(seed) first, batches shuffled with seed."
+            )
+            raise failure(
+                ex,
+                f"{who}: reported {said:.4f}, the same call now returns {float(value):.4f}",
+                hint,
+            )
 
-    return rerun
+    return verify
+
+
+def _explain_lr_runs(
+    reported: Mapping[tuple[str, int], float], again: Mapping[tuple[str, int], float]
+) -> str | None:
+    """Swapped arms or seeds: every reported number is another run's."""
+    tol = 0.01
+    if all((a, s) in again for a, s in reported):
+        other = {ARMS[0]: ARMS[1], ARMS[1]: ARMS[0]}
+        if all(abs(v - again[other[a], s]) <= tol for (a, s), v in reported.items()):
+            return "the arms are swapped: the numbers under 'batch' are the runs without BatchNorm."
+        seeds = sorted({s for _, s in reported})
+        if len(seeds) == 2:
+            flip = {seeds[0]: seeds[1], seeds[1]: seeds[0]}
+            if all(abs(v - again[a, flip[s]]) <= tol for (a, s), v in reported.items()):
+                return "the seeds are swapped: report each accuracy under the seed of its run."
+    return None
 
 
 def check_lr_experiment(
@@ -495,23 +700,44 @@ def check_lr_experiment(
     ``reported`` is ``{"batch": {seed: val_acc}, "none": {seed: val_acc}}`` with the same two
     or more seeds per arm; ``verdict`` one of :data:`VERDICTS`, which must be the one that the
     chapter's noise rule gives for these numbers
-    (:attr:`course_utils.experiments.Comparison.beyond_noise`). One reported run is recomputed
-    with the learner's ``run(arm, seed)`` and must come back the same, trained at ``lr``, with
-    BatchNorm2d layers exactly in the ``"batch"`` arm.
+    (:attr:`course_utils.experiments.Comparison.beyond_noise`). ``lr`` (the notebook's
+    ``HIGH_LR``) must be the task's :data:`TASK_LR`. The learner's ``run(arm, seed)`` is rerun
+    for both arms at a seed chosen at random by the check, and must train with Adam at
+    :data:`TASK_LR` for one epoch of the task's batches, with BatchNorm2d layers exactly in the
+    ``"batch"`` arm, and return the reported number again. Then every reported run is
+    recomputed by the check's own protocol (:func:`_protocol_accuracy`, on the task's data,
+    on the device ``run`` trained on) and must agree within 0.01.
 
     Raises:
         AssertionError: with the failing case and a hint.
     """
     ex = "2.3"
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isclose(lr, TASK_LR):
+        raise failure(
+            ex,
+            f"lr={lr!r}, but the task's learning rate is 10 × 1e-3 = {TASK_LR:g}",
+            "set HIGH_LR = 10 * 1e-3 (10× chapter 2's Adam learning rate) and pass it as lr.",
+        )
+    train, val = _task_data()
+    found: dict[str, torch.device] = {}
     reported_runs_verdict(
         ex,
         reported,
         verdict,
         arms=ARMS,
         verdicts=VERDICTS,
-        recompute=_rerun(ex, run, lr),
-        tolerance=1e-6,
+        recompute=lambda arm, seed: _protocol_accuracy(
+            arm, seed, train, val, found.get("device", torch.device("cpu"))
+        ),
+        tolerance=0.01,
         what="validation accuracy",
+        value_range=(0.0, 1.0),
+        range_hint="an accuracy is a fraction between 0 and 1, as evaluate(...)[1] returns it "
+        "(not a percentage).",
+        rerun="all",
+        verify_run=_verify_run(ex, run, reported, len(train), found),
+        explain=_explain_lr_runs,
+        protocol=_PROTOCOL,
     )
     passed(
         ex,

@@ -3,6 +3,7 @@ silent-unit counter built on forward hooks, and an experiment on large learning 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -11,9 +12,9 @@ import torch
 from torch import nn
 
 from .. import diagnostics, hooks
-from ..data import FashionMNISTTensors, TensorLoader
+from ..data import FashionMNISTTensors, TensorLoader, load_tensors
 from ..hooks import hook_count
-from ..models import FashionCNN
+from ..models import ACTIVATIONS, FashionCNN
 from ..train import fit, seed_everything
 from ._common import (
     aliases,
@@ -22,6 +23,7 @@ from ._common import (
     passed,
     refuse,
     reported_runs_verdict,
+    same_data,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "check_silent_per_layer",
     "EXPERIMENT_ARMS",
     "EXPERIMENT_VERDICTS",
+    "TASK_LR",
 ]
 
 
@@ -130,17 +133,40 @@ def check_epochs_to_reach(fn: Callable[[Sequence[float], float], int | None]) ->
             target,
             hint="read the error above.",
         )
+        if isinstance(result, torch.Tensor) and result.numel() == 1:
+            result = result.item()
+        if result is not None and (
+            isinstance(result, bool) or not isinstance(result, int | np.integer)
+        ):
+            raise failure(
+                ex,
+                f"{list(accs)} with target {target}: returned {type(result).__name__} "
+                f"{result!r}, not an int or None",
+                "return the epoch as an int, counted from 1 (or None when no epoch reaches "
+                "the target).",
+            )
         if result == expected and (result is None) == (expected is None):
             continue
         strict = next((i for i, a in enumerate(accs, start=1) if a > target), None)
+        best = max(range(len(accs)), key=lambda i: accs[i]) + 1
         if expected is None:
             hint = "return None when no epoch reaches the target (not 0, -1 or len)."
+        elif result is None:
+            hint = (
+                f"epoch {expected} reaches the target ({accs[expected - 1]} >= {target}): "
+                "return it; None is only for a curve that never reaches the target."
+            )
         elif result == expected - 1:
             hint = "epochs are counted from 1: the first epoch is epoch 1, not index 0."
         elif result == strict:
             hint = "reaching the target exactly counts: use >=."
-        else:
+        elif result == best:
             hint = "return the *first* epoch that reaches the target, not the best one."
+        else:
+            hint = (
+                f"the first epoch with accuracy >= {target} is epoch {expected} (accuracy "
+                f"{accs[expected - 1]}), counted from 1; you returned {result!r}."
+            )
         raise failure(ex, f"{accs} with target {target}: got {result!r}, expected {expected}", hint)
     passed(ex, f"epochs_to_reach is right on {len(_EPOCHS_TO_CASES)} curves")
 
@@ -200,8 +226,10 @@ def _reference_silent(
     kind: type[nn.Module],
     *,
     on_output: bool = False,
+    strict: bool = False,
 ) -> dict[str, tuple[int, int]]:
-    """Silent units per module of type ``kind`` (on its input, or its output ``== 0``)."""
+    """Silent units per module of type ``kind`` (on its input, or its output ``== 0``);
+    ``strict``: an input of exactly 0 counts as firing (the mistake ``< 0``)."""
     largest: dict[str, torch.Tensor] = {}
 
     def make_hook(name: str) -> Callable[..., None]:
@@ -227,7 +255,7 @@ def _reference_silent(
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {n: (int((m <= 0).sum()), len(m)) for n, m in largest.items()}
+    return {n: (int((m < 0 if strict else m <= 0).sum()), len(m)) for n, m in largest.items()}
 
 
 _HOOK_SHORTCUTS: list[tuple[object, str]] = [
@@ -246,11 +274,58 @@ def _as_counts(ex: str, result: Any) -> dict[str, tuple[int, int]]:
     counts = {}
     for name, pair in result.items():
         try:
-            silent, units = (int(v) for v in pair)
-        except (TypeError, ValueError) as err:
-            raise failure(ex, f"{name!r}: {pair!r} is not a pair (silent, units)", hint) from err
+            values = []
+            for v in pair:
+                v = v.item() if isinstance(v, torch.Tensor) else v
+                if isinstance(v, bool) or not float(v).is_integer():
+                    raise ValueError(f"{v!r} is not a whole number")
+                values.append(int(v))
+            silent, units = values
+        except Exception as err:  # noqa: BLE001 - any malformed pair is the learner's mistake
+            raise failure(
+                ex, f"{name!r}: {pair!r} is not a pair of ints (silent, units)", hint
+            ) from err
         counts[name] = (silent, units)
     return counts
+
+
+def _check_zero_input(ex: str, fn: Callable[..., Any], shortcuts: list[tuple[object, str]]) -> None:
+    """A unit whose input is exactly 0 on every image never fires (ReLU(0) = 0): silent.
+    ``head.1`` feature 5 gets zero weights and bias, so its input is 0 everywhere."""
+    model, batches = _probe_fixture(nn.ReLU)
+    with torch.no_grad():
+        model.head[1].weight[5] = 0.0
+        model.head[1].bias[5] = 0.0
+    expected = _reference_silent(model, batches, nn.ReLU)
+    with refuse(ex, shortcuts, task="the hook-based counter"):
+        raw = call(
+            ex,
+            "silent_per_layer(model, batches, nn.ReLU) with a unit whose input is always 0",
+            fn,
+            model,
+            list(batches),
+            nn.ReLU,
+            hint="read the error above.",
+        )
+    result = _as_counts(ex, raw)
+    if result == expected:
+        return
+    if result == _reference_silent(model, batches, nn.ReLU, strict=True):
+        hint = (
+            "a unit whose input is exactly 0 everywhere never fires either (ReLU(0) = 0, and "
+            "its gradient is 0): count the units whose largest input is <= 0, not < 0."
+        )
+    else:
+        hint = (
+            "per unit (dim 1 of the input), take the maximum over every other dimension and "
+            "every batch; the unit is silent if it is <= 0."
+        )
+    raise failure(
+        ex,
+        f"with a unit whose input is exactly 0 on every image (head.1 feature 5): got {result}, "
+        f"expected {expected}",
+        hint,
+    )
 
 
 def check_silent_per_layer(
@@ -319,7 +394,8 @@ def check_silent_per_layer(
         if set(result) != set(expected):
             raise failure(
                 ex,
-                f"with nn.{kind.__name__}: layers {sorted(result)}, expected {sorted(expected)}",
+                f"with nn.{kind.__name__}: layers {sorted(map(repr, result))}, expected "
+                f"{sorted(expected)}",
                 "hook every module m with isinstance(m, kind), and name it as "
                 "model.named_modules() does (nested modules are named like 'features.2').",
             )
@@ -344,6 +420,7 @@ def check_silent_per_layer(
                 "and every batch; the unit is silent if it is <= 0."
             )
         raise failure(ex, f"with nn.{kind.__name__}: got {result}, expected {expected}", hint)
+    _check_zero_input(ex, fn, shortcuts)
     model, batches = _probe_fixture(nn.ReLU)
     model.train()
     wrong_size = (torch.zeros(2, 1, 10, 10), torch.zeros(2))
@@ -379,6 +456,82 @@ def check_silent_per_layer(
 EXPERIMENT_ARMS = ("relu", "leaky_relu")
 EXPERIMENT_VERDICTS = ("more in ReLU", "more in LeakyReLU", "within noise")
 
+#: Task 3.4's protocol, pinned here (``LARGE_LR`` in the notebook is the learner's to edit):
+#: Adam at 10× the usual 1e-3, one epoch on ``train_small`` in shuffled batches of 64.
+TASK_LR = 10 * 1e-3
+TASK_EPOCHS = 1
+_PROTOCOL = (
+    "the task's protocol (train_one(activation, LARGE_LR, seed): one epoch of Adam at lr 0.01 "
+    "on train_small) and counted the units whose input was <= 0 on every image of val_loader"
+)
+
+
+def _task_data() -> tuple[FashionMNISTTensors, FashionMNISTTensors]:
+    """Task 3.4's ``train_small`` (2,000 images) and ``val_small`` (1,000), as the setup cell
+    of the chapter 3 exercises builds them."""
+    splits = load_tensors()
+    return splits["train"].random_subset(2000, seed=0), splits["val"].random_subset(1000, seed=0)
+
+
+def _silent_counts(
+    model: nn.Module, probe: Iterable, kind: type[nn.Module]
+) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per ``kind`` module, per batch: each unit's largest input and whether its output was 0
+    everywhere (eval mode, no gradients; the mode is restored, the hooks removed)."""
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            largest = inputs[0].detach().transpose(0, 1).flatten(1).amax(1).cpu()
+            zero_out = output.detach().eq(0).transpose(0, 1).flatten(1).all(1).cpu()
+            seen.setdefault(name, []).append((largest, zero_out))
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(make_hook(n))
+        for n, m in model.named_modules()
+        if isinstance(m, kind)
+    ]
+    device = next(model.parameters()).device
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for x, _ in probe:
+                model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return seen
+
+
+def _shares(seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, float]:
+    """The silent share by the task's rule, and by the counting mistakes the check recognises."""
+
+    def share(per_layer: list[tuple[int, int]]) -> float:
+        return sum(s for s, _ in per_layer) / max(sum(n for _, n in per_layer), 1)
+
+    def combined(pick: Callable[[list], list]) -> list[tuple[int, int]]:
+        out = []
+        for batches in seen.values():
+            largest = torch.stack([m for m, _ in pick(batches)]).amax(0)
+            out.append((int((largest <= 0).sum()), len(largest)))
+        return out
+
+    task = combined(lambda b: b)
+    on_output = [
+        (int(torch.stack([z for _, z in b]).all(0).sum()), len(b[0][1])) for b in seen.values()
+    ]
+    return {
+        "task": share(task),
+        "layer mean": sum(s / n for s, n in task) / max(len(task), 1),
+        "output": share(on_output),
+        "first batch": share(combined(lambda b: b[:1])),
+        "last batch": share(combined(lambda b: b[-1:])),
+    }
+
 
 def _rerun_silent_share(
     activation: str,
@@ -389,14 +542,67 @@ def _rerun_silent_share(
     device: str | torch.device,
 ) -> float:
     """The task's protocol for one run: its share of silent units over all activation layers."""
+    return _rerun_shares(activation, seed, train_data, probe, lr, device)["task"]
+
+
+def _rerun_shares(
+    activation: str,
+    seed: int,
+    train_data: FashionMNISTTensors,
+    probe: Iterable,
+    lr: float,
+    device: str | torch.device,
+) -> dict[str, float]:
+    """One run trained by the task's protocol; its silent share, and the shares that the
+    recognised counting mistakes would give (see :func:`_shares`)."""
     with torch.random.fork_rng(devices=[]):
         seed_everything(seed)
         model = FashionCNN(activation=activation).to(device)
         batches = TensorLoader(train_data, 64, shuffle=True, seed=seed, device=device)
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        fit(model, batches, None, 1, optimizer, progress=False)
-    table = diagnostics.dead_units(model, probe)
-    return float(table["silent"].sum() / table["units"].sum())
+        fit(model, batches, None, TASK_EPOCHS, optimizer, progress=False)
+    return _shares(_silent_counts(model, probe, ACTIVATIONS[activation]))
+
+
+_MISTAKES = {  # a share the check recomputes: the mistake it names
+    "output": "your shares match counting on the activation's *output* (== 0): LeakyReLU's output "
+    "is never exactly 0, so its share comes out as 0. Fix silent_per_layer (Task 3.3) to count "
+    "on the input (<= 0), then recompute the shares.",
+    "first batch": "your shares match the first batch of val_loader only: silent_per_layer "
+    "(Task 3.3) must combine every batch (a unit is silent only if it never fired on any). Fix "
+    "it, then recompute the shares.",
+    "last batch": "your shares match the last batch of val_loader only: silent_per_layer (Task "
+    "3.3) must combine every batch, keeping each unit's largest input over all of them. Fix it, "
+    "then recompute the shares.",
+    "layer mean": "your shares match the mean of the per-layer shares; the task's share is all "
+    "silent units over all units of all activation layers: sum the counts first, then divide.",
+}
+
+
+def _explain_shares(
+    rerun: dict[tuple[str, int], dict[str, float]], tolerance: float
+) -> Callable[[Mapping[tuple[str, int], float], Mapping[tuple[str, int], float]], str | None]:
+    """The learner's earlier task or bookkeeping, before the protocol: which recognised mistake
+    every differing share matches."""
+
+    def explain(
+        reported: Mapping[tuple[str, int], float], again: Mapping[tuple[str, int], float]
+    ) -> str | None:
+        wrong = [r for r in again if not abs(again[r] - reported[r]) <= tolerance]
+        for mistake, hint in _MISTAKES.items():
+            if all(abs(rerun[r][mistake] - reported[r]) <= 1e-3 for r in wrong):
+                return hint
+        other = dict(zip(EXPERIMENT_ARMS, reversed(EXPERIMENT_ARMS), strict=True))
+        if all((other[a], s) in again for a, s in wrong) and all(
+            abs(again[other[a], s] - reported[a, s]) <= tolerance for a, s in wrong
+        ):
+            return (
+                "the arms are swapped: the shares under 'relu' are those of the LeakyReLU "
+                "runs. Store each share under the activation it was trained with."
+            )
+        return None
+
+    return explain
 
 
 def check_silent_experiment(
@@ -411,23 +617,64 @@ def check_silent_experiment(
 
     ``shares`` is ``{"relu": {seed: share}, "leaky_relu": {seed: share}}`` (2 seeds or more,
     the same for both): the share of silent units over all activation layers of each run,
-    trained by the task's protocol at learning rate ``lr``. ``verdict`` is one of
-    ``EXPERIMENT_VERDICTS``, as the noise rule decides. One run is retrained to check its
-    number.
+    trained by the task's protocol at :data:`TASK_LR`. ``verdict`` is one of
+    ``EXPERIMENT_VERDICTS``, as the noise rule decides. ``lr``, ``train_data`` and ``probe``
+    must be the task's (``LARGE_LR``, ``train_small``, ``val_loader``); the check trains on its
+    own copy of the task's data. Every run is retrained (about a second each) and its share
+    recounted; a share that differs is first compared with the recognised counting mistakes
+    of Task 3.3 and with swapped arms, so that the hint names the mistake.
 
     Raises:
         AssertionError: with a hint.
     """
     ex = "3.4"
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isclose(lr, TASK_LR):
+        raise failure(
+            ex,
+            f"lr={lr!r}, but the task's large learning rate is 10 × 1e-3 = {TASK_LR:g}",
+            "set LARGE_LR = 10 * LR (LR = 1e-3), train every run with it and pass it as lr.",
+        )
+    train, val = _task_data()
+    if not same_data(train_data, train):
+        n = len(getattr(train_data, "labels", ()))
+        raise failure(
+            ex,
+            f"train_data ({n:,} images) is not the task's train_small ({len(train):,} images)",
+            "train every run on train_small (splits['train'].random_subset(2000, seed=0), as "
+            "the setup cell makes it) and pass it as train_data.",
+        )
+    if hasattr(probe, "images") and not same_data(probe, val):
+        raise failure(
+            ex,
+            "probe is not val_loader: its images are not the task's val_small",
+            "count the silent units on val_loader (the 1,000 images of val_small) and pass it "
+            "as probe.",
+        )
+    on = torch.device(device)
+    task_probe = TensorLoader(val, 500, device=on)
+    details: dict[tuple[str, int], dict[str, float]] = {}
+
+    def recompute(arm: str, seed: int) -> float:
+        details[arm, seed] = _rerun_shares(arm, seed, train, task_probe, TASK_LR, on)
+        return details[arm, seed]["task"]
+
+    tolerance = 0.02
+    explain = _explain_shares(details, tolerance)
     reported_runs_verdict(
         ex,
         shares,
         verdict,
         arms=EXPERIMENT_ARMS,
         verdicts=EXPERIMENT_VERDICTS,
-        recompute=lambda arm, seed: _rerun_silent_share(arm, seed, train_data, probe, lr, device),
-        tolerance=0.02,
+        recompute=recompute,
+        tolerance=tolerance,
         what="silent share",
+        value_range=(0.0, 1.0),
+        range_hint="a share is silent units / all units, between 0 and 1: divide the count "
+        "of silent units by the number of units of all activation layers.",
+        rerun="all",
+        explain=explain,
+        protocol=_PROTOCOL,
     )
     passed(
         ex,

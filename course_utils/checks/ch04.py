@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import FashionMNISTTensors, TensorLoader
+from ..data import FashionMNISTTensors, TensorLoader, load_tensors
 from ..models import FashionCNN
 from ..train import evaluate, fit, seed_everything
 from ._common import (
@@ -20,12 +20,15 @@ from ._common import (
     passed,
     refuse,
     reported_runs_verdict,
+    same_data,
 )
 
 __all__ = [
     "DROPOUT_SHORTCUTS",
     "EXPERIMENT_ARMS",
     "EXPERIMENT_VERDICTS",
+    "TASK_EPOCHS",
+    "TASK_WEIGHT_DECAY",
     "check_channel_dropout",
     "check_dropout_module",
     "check_mc_dropout",
@@ -213,6 +216,18 @@ def check_dropout_module(cls: Callable[[float], nn.Module]) -> None:
                 "zero each element independently with probability p: "
                 "mask = torch.rand_like(x) >= p.",
             )
+            same_rows, same_columns = (
+                bool((out == out[:1]).all()),
+                bool((out == out[:, :1]).all()),
+            )
+            if same_rows or same_columns:
+                raise failure(
+                    ex,
+                    f"p={p}: on a [400, 500] tensor of ones every "
+                    + ("row got the same mask" if same_rows else "row was kept or dropped whole"),
+                    "draw one decision per element, a mask of x's own shape: "
+                    "torch.rand_like(x) >= p (not torch.rand(x.shape[-1]) or one per row).",
+                )
         module = _build(ex, cls, 0.5).train()
         leaf = x.clone().requires_grad_(True)
         out = _forward(ex, module, leaf, "p=0.5 with requires_grad", 2)
@@ -278,6 +293,19 @@ def check_mc_dropout(fn: Callable[[nn.Module], Any]) -> None:
             f"BatchNorm layers {training_norms} are in training mode",
             "start from model.eval(): in training mode BatchNorm normalises with the batch's "
             "statistics and overwrites its running statistics.",
+        )
+    others = [
+        n or "the model itself"
+        for n, m in model.named_modules()
+        if m.training and n not in drops and n not in norms
+    ]
+    if others:
+        raise failure(
+            ex,
+            f"{len(others)} module(s) other than dropout are still in training mode: {others[:4]}",
+            "put the whole model in eval mode first, model.eval(), then switch only the "
+            "dropout layers back with .train(): any layer that behaves differently in "
+            "training (not only BatchNorm) must be in eval mode.",
         )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -387,6 +415,24 @@ EXPERIMENT_VERDICTS = (
     "within noise",
 )
 
+#: Task 4.4's protocol, pinned here (``WEIGHT_DECAY`` and ``GAP_EPOCHS`` in the notebook are
+#: the learner's to edit): Adam at 1e-3, weight decay 1e-2 in the second arm, 8 epochs on
+#: ``gap_train`` in shuffled batches of 64.
+TASK_WEIGHT_DECAY = 1e-2
+TASK_EPOCHS = 8
+_PROTOCOL = (
+    "the task's protocol (train_one(weight_decay, seed): FashionCNN, Adam(lr=1e-3, "
+    "weight_decay), GAP_EPOCHS = 8 epochs on gap_train), then evaluate's accuracy on gap_train "
+    "minus that on val_small, both in eval mode"
+)
+
+
+def _task_data() -> tuple[FashionMNISTTensors, FashionMNISTTensors]:
+    """Task 4.4's ``gap_train`` (1,000 images) and ``val_small`` (1,000), as the setup cell of
+    the chapter 4 exercises builds them."""
+    splits = load_tensors()
+    return splits["train"].random_subset(1000, seed=0), splits["val"].random_subset(1000, seed=0)
+
 
 def _rerun_gap(
     weight_decay: float,
@@ -397,15 +443,47 @@ def _rerun_gap(
     device: str | torch.device,
 ) -> float:
     """The task's protocol for one run: train accuracy (eval mode) minus validation accuracy."""
+    return _rerun_accuracies(weight_decay, seed, train_data, val_data, epochs, device)["gap"]
+
+
+def _rerun_accuracies(
+    weight_decay: float,
+    seed: int,
+    train_data: FashionMNISTTensors,
+    val_data: FashionMNISTTensors,
+    epochs: int,
+    device: str | torch.device,
+) -> dict[str, float]:
+    """One run by the task's protocol: its gap, and what the recognised mistakes would report
+    (the opposite sign; the training accuracy measured on the fly, in training mode)."""
     with torch.random.fork_rng(devices=[]):
         seed_everything(seed)
         model = FashionCNN().to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=weight_decay)
         batches = TensorLoader(train_data, 64, shuffle=True, seed=seed, device=device)
-        fit(model, batches, None, epochs, optimizer, progress=False)
+        history = fit(model, batches, None, epochs, optimizer, progress=False)
     train_acc = evaluate(model, TensorLoader(train_data, 500, device=device))[1]
     val_acc = evaluate(model, TensorLoader(val_data, 500, device=device))[1]
-    return train_acc - val_acc
+    return {
+        "gap": train_acc - val_acc,
+        "sign": val_acc - train_acc,
+        "on the fly": history.train_acc[-1] - val_acc,
+        "train": train_acc,
+        "val": val_acc,
+    }
+
+
+_GAP_MISTAKES = {  # what the check recomputes: the mistake it names
+    "sign": "your gap has the opposite sign: the gap is training accuracy − validation accuracy "
+    "(positive when the model does better on the images it trained on).",
+    "on the fly": "your gap matches fit's training accuracy (measured on the fly, in training "
+    "mode, while the weights change); measure it after training with evaluate on a TensorLoader "
+    "of gap_train, in eval mode, as the validation accuracy is measured.",
+    "train": "your number is the training accuracy alone: the gap is training accuracy − "
+    "validation accuracy.",
+    "val": "your number is the validation accuracy alone: the gap is training accuracy − "
+    "validation accuracy.",
+}
 
 
 def check_weight_decay_experiment(
@@ -421,25 +499,78 @@ def check_weight_decay_experiment(
 
     ``gaps`` is ``{"plain": {seed: gap}, "weight_decay": {seed: gap}}`` (2 seeds or more, the
     same for both): training accuracy (eval mode) minus validation accuracy of each run, trained
-    by the task's protocol (``weight_decay`` 0 for ``"plain"``). ``verdict`` is one of
-    ``EXPERIMENT_VERDICTS``, as the noise rule decides. One run is retrained to check its gap.
+    by the task's protocol (weight decay 0 for ``"plain"``, :data:`TASK_WEIGHT_DECAY` for the
+    other arm, :data:`TASK_EPOCHS` epochs). ``weight_decay``, ``epochs``, ``train_data`` and
+    ``val_data`` must be the task's (``WEIGHT_DECAY``, ``GAP_EPOCHS``, ``gap_train``,
+    ``val_small``); the check trains on its own copy of the task's data. ``verdict`` is one of
+    ``EXPERIMENT_VERDICTS``, as the noise rule decides. One run, chosen at random by the check
+    (a run takes about 5 s), is retrained and its gap must agree within 0.01; a gap that differs
+    is first compared with the recognised mistakes (the sign, the on-the-fly training accuracy).
 
     Raises:
         AssertionError: with a hint.
     """
     ex = "4.4"
-    decay = {"plain": 0.0, "weight_decay": weight_decay}
+    for name, given, task, what in (
+        ("weight_decay", weight_decay, TASK_WEIGHT_DECAY, "WEIGHT_DECAY = 1e-2"),
+        ("epochs", epochs, TASK_EPOCHS, "GAP_EPOCHS = 8"),
+    ):
+        if (
+            isinstance(given, bool)
+            or not isinstance(given, int | float)
+            or not math.isclose(given, task)
+        ):
+            raise failure(
+                ex,
+                f"{name}={given!r}, but the task's is {task:g}",
+                f"keep the setup cell's {what}, train every run with it and pass it as {name}.",
+            )
+    train, val = _task_data()
+    for name, given, task, source in (
+        ("train_data", train_data, train, "gap_train, splits['train'].random_subset(1000, seed=0)"),
+        ("val_data", val_data, val, "val_small, splits['val'].random_subset(1000, seed=0)"),
+    ):
+        if not same_data(given, task):
+            n = len(getattr(given, "labels", ()))
+            raise failure(
+                ex,
+                f"{name} ({n:,} images) is not the task's {source.split(',')[0]} "
+                f"({len(task):,} images)",
+                f"measure every gap on the task's data and pass it as {name}: {source}, as the "
+                "setup cell makes it.",
+            )
+    on = torch.device(device)
+    decay = {"plain": 0.0, "weight_decay": TASK_WEIGHT_DECAY}
+    details: dict[tuple[str, int], dict[str, float]] = {}
+
+    def recompute(arm: str, seed: int) -> float:
+        details[arm, seed] = _rerun_accuracies(decay[arm], seed, train, val, TASK_EPOCHS, on)
+        return details[arm, seed]["gap"]
+
+    def explain(
+        reported: Mapping[tuple[str, int], float], again: Mapping[tuple[str, int], float]
+    ) -> str | None:
+        wrong = [r for r in again if not abs(again[r] - reported[r]) <= 0.01]
+        for mistake, hint in _GAP_MISTAKES.items():
+            if all(abs(details[r][mistake] - reported[r]) <= 1e-3 for r in wrong):
+                return hint
+        return None
+
     reported_runs_verdict(
         ex,
         gaps,
         verdict,
         arms=EXPERIMENT_ARMS,
         verdicts=EXPERIMENT_VERDICTS,
-        recompute=lambda arm, seed: _rerun_gap(
-            decay[arm], seed, train_data, val_data, epochs, device
-        ),
+        recompute=recompute,
         tolerance=0.01,
         what="gap",
+        value_range=(-1.0, 1.0),
+        range_hint="a gap is a difference of two accuracies, each a fraction between 0 and 1 as "
+        "evaluate(...)[1] returns it: report train_acc - val_acc, not percentage points.",
+        rerun="one",
+        explain=explain,
+        protocol=_PROTOCOL,
     )
     passed(
         ex,
