@@ -140,6 +140,19 @@ def test_batchnorm_placement_wrong_in_channels_is_named(capsys) -> None:
     assert "num_features" not in message.split("Hint:")[1]
 
 
+class Only28(SequentialBN):
+    """Refuses other sizes with a ValueError, which used to escape the check raw."""
+
+    def __init__(self, input_size: int = 28) -> None:
+        if input_size != 28:
+            raise ValueError("only 28×28 images")
+        super().__init__(input_size)
+
+
+def test_batchnorm_placement_size_error_fails_with_a_hint(capsys) -> None:
+    fails(check_batchnorm_placement, Only28, "any input size of at least 28", "2.1", capsys)
+
+
 def test_batchnorm_placement_batchnorm1d_fails(capsys) -> None:
     class OneD(nn.Module):
         def __init__(self) -> None:
@@ -282,6 +295,12 @@ def running_is_batch(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
     return (y, x.mean(dim=(0, 2, 3)), v) if training else (y, m, v)
 
 
+def none_in_eval(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
+    """None for the running statistics in eval mode: used to crash torch.as_tensor raw."""
+    y, m, v = right_bn(x, gamma, beta, rm, rv, training, momentum, eps)
+    return (y, m, v) if training else (y, None, None)
+
+
 def fixed_eps(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
     return right_bn(x, gamma, beta, rm, rv, training, momentum, 1e-5)
 
@@ -293,8 +312,9 @@ def fixed_eps(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5):
         (running_unchanged, "you returned it unchanged"),
         (running_is_batch, "you returned the batch's value"),
         (fixed_eps, "use the `eps` argument (here 0.001)"),
+        (none_in_eval, "three tensors, in both modes"),
     ],
-    ids=["fixed-momentum", "running-unchanged", "running-is-batch", "fixed-eps"],
+    ids=["fixed-momentum", "running-unchanged", "running-is-batch", "fixed-eps", "none-in-eval"],
 )
 def test_batchnorm_fn_hint_names_the_mistake(fn, hint: str, capsys) -> None:
     """These were told the general formula; the hint now names the argument or step missed."""
@@ -396,7 +416,7 @@ def test_the_tiny_task_tells_runs_apart() -> None:
 @pytest.fixture
 def task(monkeypatch) -> None:
     """The check's own copy of the task's data, tiny: runs take a fraction of a second."""
-    monkeypatch.setattr(ch02, "_task_data", lambda: (TRAIN, VAL))
+    monkeypatch.setattr(ch02, "_task_data", lambda: (TRAIN, VAL), raising=False)
 
 
 def make_run(

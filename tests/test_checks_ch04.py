@@ -98,6 +98,27 @@ class FeatureMaskDropout(nn.Module):
         return x * keep / (1 - self.p)
 
 
+class DoubleDropout(nn.Module):
+    """Right values in float64: the gradient comparison used to crash with a raw RuntimeError."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(p)
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return torch.zeros_like(x)
+        return x.double() * (torch.rand_like(x) >= self.p) / (1 - self.p)
+
+
+def test_dropout_module_other_dtype_fails_with_a_hint(capsys) -> None:
+    fails(check_dropout_module, DoubleDropout, "keep x's dtype", "4.1", capsys)
+
+
 def test_dropout_module_one_mask_for_every_row_fails(capsys) -> None:
     fails(check_dropout_module, FeatureMaskDropout, "every row got the same mask", "4.1", capsys)
 
@@ -367,7 +388,7 @@ def runs() -> dict[tuple[str, int], dict[str, float]]:
 @pytest.fixture
 def task(monkeypatch) -> None:
     """The check's own copy of the task's data, tiny, and its epochs."""
-    monkeypatch.setattr(ch04, "_task_data", lambda: (TRAIN, VAL))
+    monkeypatch.setattr(ch04, "_task_data", lambda: (TRAIN, VAL), raising=False)
     monkeypatch.setattr(ch04, "TASK_EPOCHS", EPOCHS)
 
 
@@ -488,7 +509,7 @@ def test_weight_decay_experiment_names_the_gap_s_mistake(
 ) -> None:
     """Gaps measured the wrong way: the hint names it instead of blaming the protocol."""
     gaps = gaps_by(runs, mistake)
-    monkeypatch.setattr(_common, "_PICKER", Pick(("plain", 0)))
+    monkeypatch.setattr(_common, "_PICKER", Pick(("plain", 0)), raising=False)
     message = fails(lambda v: run_check(gaps, v), honest_verdict(gaps), hint, "4.4", capsys)
     assert "protocol" not in message.split("Hint:")[1]
 

@@ -137,7 +137,7 @@ def test_explain_names_the_mistake_before_the_protocol(capsys) -> None:
     with pytest.raises(AssertionError, match=hint):
         check(negated, rerun="all", explain=explain)
     with pytest.raises(AssertionError, match="report the numbers of your runs: the check trained"):
-        check(report({**TRUE, ("a", 0): 0.9}), rerun="all", explain=explain)
+        check(report({**TRUE, ("a", 0): 0.45}), rerun="all", explain=explain)
 
 
 @pytest.mark.parametrize(

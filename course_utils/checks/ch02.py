@@ -163,6 +163,15 @@ def _check_builds_at_36(ex: str, model_cls: Callable[..., nn.Module]) -> None:
             f"{name}(input_size=36) raised TypeError: {err}",
             "give __init__ an `input_size: int = 28` argument and use it for the dummy image.",
         ) from err
+    except Exception as err:
+        raise failure(
+            ex,
+            f"{name}(input_size=36) raised {type(err).__name__}: {err}",
+            "the model must build for any input size of at least 28: compute the flatten size "
+            "from a dummy torch.zeros(1, 1, input_size, input_size) passed through the convs.",
+        ) from err
+    if not isinstance(model, nn.Module):
+        raise failure(ex, f"{name}(input_size=36) is not an nn.Module", "subclass nn.Module.")
     x = torch.randn(4, 1, 36, 36, generator=torch.Generator().manual_seed(36))
     out = call(
         ex,
@@ -432,7 +441,22 @@ def _call_bn(
         raise failure(
             ex, "did not return three tensors", "return (y, new_running_mean, new_running_var)."
         )
-    y, new_rm, new_rv = (torch.as_tensor(r) for r in result)
+    try:
+        y, new_rm, new_rv = (torch.as_tensor(r) for r in result)
+    except Exception as err:  # noqa: BLE001 - e.g. None returned for a running statistic
+        raise failure(
+            ex,
+            f"returned {[type(r).__name__ for r in result]} on case {case}, not three tensors",
+            "return (y, new_running_mean, new_running_var), three tensors, in both modes.",
+        ) from err
+    if not all(t.is_floating_point() for t in (y, new_rm, new_rv)):
+        raise failure(
+            ex,
+            f"returned tensors of dtypes {[str(t.dtype) for t in (y, new_rm, new_rv)]} on case "
+            f"{case}",
+            "return floating-point tensors (float32, as x).",
+        )
+    y, new_rm, new_rv = (t.float() for t in (y, new_rm, new_rv))
     c = x.shape[1]
     if tuple(y.shape) != tuple(x.shape) or tuple(new_rm.shape) != (c,) or new_rv.shape != (c,):
         raise failure(

@@ -104,6 +104,13 @@ def _forward(ex: str, module: nn.Module, x: torch.Tensor, what: str, seed: int) 
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise failure(ex, f"{what}: output {got}, expected {tuple(x.shape)}", "return x's shape.")
+    if out.dtype != x.dtype:
+        raise failure(
+            ex,
+            f"{what}: output dtype {out.dtype}, expected x's {x.dtype}",
+            "keep x's dtype: multiply x by the mask (a bool or float mask broadcasts) and by "
+            "the scale 1 / (1 - p).",
+        )
     return out
 
 
