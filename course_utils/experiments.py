@@ -301,8 +301,6 @@ class Comparison:
     low: float
     high: float
     confidence: float = CONFIDENCE
-    overlap: bool = False
-    spread: float = 0.0
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -313,7 +311,7 @@ class Comparison:
     def beyond_noise(self) -> bool:
         """The interval excludes 0. An interval of no width (every seed gave the same
         difference, as whole-epoch counts can) measured no seed noise: never beyond it."""
-        return (not self.overlap) and abs(self.mean_a - self.mean_b) > 2 * self.spread  # OLD
+        return self.low < self.high and (self.low > 0 or self.high < 0)
 
     def verdict(self, lower_is_better: bool = False) -> str:
         """``"beyond seed noise in favour of <a or b>"`` or ``"not resolved with <n> seeds (the
@@ -400,8 +398,6 @@ def paired_comparison(
         mean - half,
         mean + half,
         confidence,
-        not (va.min() > vb.max() or vb.min() > va.max()),
-        max(va.std(ddof=1), vb.std(ddof=1)),
     )
 
 
