@@ -494,7 +494,7 @@ def test_lr_experiment_a_full_epoch_then_a_constant_fails(task, capsys) -> None:
     run = make_run(returns=0.5)
     constant = {"batch": {0: 0.5, 1: 0.5}, "none": {0: 0.5, 1: 0.5}}
     message = fails(
-        lambda a: experiment(*a), (run, constant, VERDICTS[2]), "the check trained", "2.3", capsys
+        lambda a: experiment(*a), (run, constant, VERDICTS[2]), "the check measured", "2.3", capsys
     )
     assert "a rerun gave" in message
 

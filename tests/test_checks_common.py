@@ -136,7 +136,9 @@ def test_explain_names_the_mistake_before_the_protocol(capsys) -> None:
 
     with pytest.raises(AssertionError, match=hint):
         check(negated, rerun="all", explain=explain)
-    with pytest.raises(AssertionError, match="report the numbers of your runs: the check trained"):
+    with pytest.raises(
+        AssertionError, match="report the numbers of your runs: for a seed 0 the check measured"
+    ):
         check(report({**TRUE, ("a", 0): 0.45}), rerun="all", explain=explain)
 
 

@@ -336,9 +336,9 @@ def reported_runs_verdict(
         hint = explain(values, again) if explain is not None else None
         if hint is None:
             hint = (
-                f"report the numbers of your runs: the check trained {arm} seed {seed} by "
-                f"{protocol} and measured {again[arm, seed]:.4f} (tolerance {tolerance:g}); "
-                f"you reported {values[arm, seed]:.4f}."
+                f"report the numbers of your runs: for {arm} seed {seed} the check measured "
+                f"{again[arm, seed]:.4f} (tolerance {tolerance:g}) by {protocol}; you reported "
+                f"{values[arm, seed]:.4f}."
             )
         raise failure(
             ex,
