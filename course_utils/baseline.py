@@ -21,9 +21,10 @@ from .train import (
     seed_everything,
 )
 
-__all__ = ["BASELINE", "load_or_train_baseline"]
+__all__ = ["BASELINE", "EPOCHS", "load_or_train_baseline"]
 
 BASELINE = "01_baseline_cnn"  # checkpoint name written by chapter 1
+EPOCHS = 4  # chapter 1's EPOCHS (a test keeps the two equal)
 
 
 def load_or_train_baseline(
@@ -37,10 +38,10 @@ def load_or_train_baseline(
 
     Quick mode uses (and, if missing, writes) a separate quick checkpoint, trained for one epoch
     on 5,000 images; full mode uses chapter 1's recipe: Adam (lr 2e-3, cosine schedule), batch
-    128, 6 epochs, with channels_last + bfloat16 autocast where they pay (:func:`bf16_pays`, as
-    chapter 1's ``FAST = "auto"``). Chapter 1 trains with its own loop and ``DataLoader``; it
-    proves that ``fit`` takes the same steps, so this is the same training, fed by the faster
-    ``TensorLoader``.
+    128, :data:`EPOCHS` epochs, with channels_last + bfloat16 autocast where they pay
+    (:func:`bf16_pays`, as chapter 1's ``FAST = "auto"``). Chapter 1 trains with its own loop
+    and ``DataLoader``; it proves that ``fit`` takes the same steps, so this is the same
+    training, fed by the faster ``TensorLoader``.
     """
     device = torch.device(device)
     path = checkpoint_path(BASELINE, quick=quick)
@@ -50,7 +51,7 @@ def load_or_train_baseline(
         seed_everything(seed)
         splits = load_tensors(data_dir, seed=seed)
         train = splits["train"].random_subset(5000 if quick else None, seed=seed)
-        epochs = 1 if quick else 6
+        epochs = 1 if quick else EPOCHS
         fast = bf16_pays(device)
         model = FashionCNN().to(device)
         if fast:

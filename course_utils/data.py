@@ -228,7 +228,7 @@ def ensure_fashion_mnist(
 
 
 def standard_transform() -> transforms.Compose:
-    """The seed's per-sample transform: PIL image → float tensor in [0, 1] → normalised."""
+    """Chapter 1's per-sample transform: PIL image → float tensor in [0, 1] → normalised."""
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
 
 

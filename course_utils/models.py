@@ -1,4 +1,5 @@
-"""The course's CNN: the seed architecture, with the knobs chapters 2–4 turn.
+"""The course's CNN: chapter 1's architecture (the original cheat sheet's), with the knobs that
+chapters 2–4 turn.
 
 ``conv(1→32) → pool → conv(32→64) → pool → fc(128) → fc(10)``, with optional BatchNorm, a choice
 of activation and dropout. The flatten size is computed from the input, never hard-coded, so the

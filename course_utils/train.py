@@ -1,8 +1,8 @@
 """Training and evaluation: seeding, device choice, ``fit``/``evaluate``/``predict``, checkpoints.
 
-The loops are deliberately short so a learner can read them: this is the seed's training loop with
-the slips fixed (validation split, ``model.eval()`` + ``torch.no_grad()`` for evaluation,
-``argmax`` instead of ``torch.max(outputs.data, 1)``).
+The loops are deliberately short so a learner can read them: these are chapter 1's loops, the
+original cheat sheet's with its slips fixed (validation split, ``model.eval()`` +
+``torch.no_grad()`` for evaluation, ``argmax`` instead of ``torch.max(outputs.data, 1)``).
 """
 
 from __future__ import annotations
@@ -247,10 +247,13 @@ def time_training_steps(
     *,
     bf16: bool = False,
     warmup: int = 3,
+    max_seconds: float | None = None,
 ) -> float:
     """Images per second of training steps (loading included) over ``n_batches`` batches.
 
     The first ``warmup`` batches are run but not timed (one-off allocations, kernel selection).
+    ``max_seconds``: stop timing earlier, once this long has passed (a slow variant, such as
+    emulated bfloat16, still gets a rate, from fewer batches).
     """
     device = _model_device(model)
     loss_fn = nn.CrossEntropyLoss()
@@ -261,7 +264,9 @@ def time_training_steps(
             if device.type == "cuda":
                 torch.cuda.synchronize()
             images, start = 0, time.perf_counter()
-        if i == warmup + n_batches:
+        if i == warmup + n_batches or (
+            i > warmup and max_seconds is not None and time.perf_counter() - start > max_seconds
+        ):
             break
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)

@@ -108,7 +108,7 @@ def test_dropout_is_active_in_train_mode_only(dropout: float, conv_dropout: floa
 
 
 def test_no_dropout_means_deterministic_training_forward() -> None:
-    """Breaks if dropout layers are present when both probabilities are 0 (the seed's default)."""
+    """Breaks if dropout layers are present when both probabilities are 0 (the default)."""
     model = FashionCNN()
     assert modules_of(model, nn.Dropout) == [] and modules_of(model, nn.Dropout2d) == []
     model.train()

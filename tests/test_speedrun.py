@@ -53,6 +53,17 @@ def test_a_run_is_reproducible_and_checkpoints_are_timed() -> None:
     assert a.checkpoints[-1]["accuracy"] == a.accuracy
 
 
+def test_checkpoints_evaluate_their_own_split_and_the_end_evaluates_once() -> None:
+    """With ``checkpoint_on`` (validation), the curve never touches the evaluated (test) split."""
+    train, val, test = fake_split(512), fake_split(97, seed=1), fake_split(64, seed=2)
+    recipe = Recipe(epochs=2, width=4, batch_size=64)
+    run = train_recipe(train, test, recipe, seed=3, checkpoint_epochs=(1, 2), checkpoint_on=val)
+    assert all(round(c["accuracy"] * 97, 6).is_integer() for c in run.checkpoints)
+    assert [c["epoch"] for c in run.checkpoints] == [1, 2]
+    assert run.accuracy == train_recipe(train, test, recipe, seed=3).accuracy
+    assert round(run.accuracy * 64, 6).is_integer()
+
+
 def test_weight_decay_spares_biases_and_norm_parameters(monkeypatch) -> None:
     """Conv and linear weights decay; biases and BatchNorm parameters do not; each parameter is
     in exactly one group (the optimizer is spied on, then the run stopped before training)."""

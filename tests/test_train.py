@@ -29,6 +29,7 @@ from course_utils.train import (
     predict,
     save_checkpoint,
     seed_everything,
+    time_training_steps,
 )
 
 # --- seeding and devices ----------------------------------------------------------------------
@@ -442,3 +443,26 @@ def test_load_uses_weights_only_and_refuses_pickled_code(tmp_path: Path) -> None
     with pytest.raises(CheckpointError, match="could not be read"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_time_training_steps_stops_at_max_seconds_and_still_gives_a_rate() -> None:
+    """A slow variant is timed over fewer batches, not skipped: the rate counts what ran."""
+    import time as clock
+
+    ran = []
+
+    def slow_batches():
+        while True:
+            clock.sleep(0.05)
+            ran.append(1)
+            yield torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long)
+
+    model = FashionCNN(width=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rate = time_training_steps(model, optimizer, slow_batches(), 1000, warmup=1, max_seconds=0.3)
+    assert 1 + 3 <= len(ran) <= 1 + 20  # stopped near 0.3 s, far before 1,000 batches
+    assert 0 < rate <= 4 / 0.05
+    with pytest.raises(ValueError, match="need at least"):
+        time_training_steps(
+            model, optimizer, [(torch.zeros(4, 1, 28, 28), torch.zeros(4).long())], 5
+        )

@@ -29,7 +29,7 @@ STAGES: tuple[str, ...] = ("conv1", "pool1", "conv2", "pool2", "flatten", "flatt
 
 
 def _measured_shapes() -> dict[str, tuple[int, ...] | int]:
-    """The shape after each stage of the seed ``FashionCNN``, measured with forward hooks."""
+    """The shape after each stage of chapter 1's ``FashionCNN``, measured with forward hooks."""
     seen: dict[str, list[tuple[int, ...]]] = {"conv1": [], "pool": [], "conv2": []}
     model = FashionCNN().eval()
     hooks = [
@@ -83,7 +83,7 @@ def _as_shape(value: Any) -> tuple[int, ...] | int | None:
 
 
 def check_conv_shapes(answer: Mapping[str, Any] | Sequence[Any]) -> None:
-    """Exercise 1.1: the shapes after each stage of the seed CNN, worked out by hand.
+    """Exercise 1.1: the shapes after each stage of the baseline CNN, worked out by hand.
 
     Args:
         answer: a dict with keys :data:`STAGES` (or a sequence in that order): ``(channels,
