@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 QUICK ?=
 QUICK_FLAG := $(if $(filter-out 0,$(QUICK)),--quick,)
 
-.PHONY: help book test lint data lab exercises solutions grade bench gpu-run vendor-ort clean
+.PHONY: help book test test-fast lint data lab exercises solutions grade bench gpu-run vendor-ort clean
 
 help:
 	@echo "make book   - install, fetch data, execute every chapter (QUICK=1 for quick mode), build _build/html"
 	@echo "make test   - install, fetch data, lint and run the whole test suite (what CI runs)"
+	@echo "make test-fast - lint and the tests that execute no notebook, browser or install (inner loop)"
 	@echo "make lab    - open the course in JupyterLab"
 	@echo "make data   - fetch and verify Fashion-MNIST only"
 	@echo "make exercises - regenerate exercises/ from solutions/"
@@ -42,6 +43,10 @@ lint: $(STAMP)
 test: $(STAMP) data lint
 	$(PY) -m course_utils.exercises check
 	$(PY) -m pytest --nbval --nbval-sanitize-with solutions/nbval_sanitize.cfg -p no:cacheprovider tests solutions
+
+# The inner loop: no notebook execution, no browser, no package index (markers in pyproject.toml).
+test-fast: $(STAMP) data lint
+	$(PY) -m pytest -p no:cacheprovider -m "not slow and not browser and not network" tests
 
 # As root (a container, a CI box) Jupyter refuses to start without --allow-root.
 lab: $(STAMP) data

@@ -11,6 +11,7 @@ from course_utils.baseline import load_or_train_baseline
 from course_utils.models import FashionCNN
 
 
+@pytest.mark.slow
 def test_trains_once_then_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

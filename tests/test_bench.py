@@ -14,6 +14,8 @@ from course_utils.build.bench import (
 )
 from course_utils.speedrun import Recipe
 
+pytestmark = pytest.mark.slow  # trains
+
 
 def test_loader_table_measures_each_variant_against_the_original_pipeline() -> None:
     """Every variant gets a positive rate; speedups are relative to the first (original) row."""

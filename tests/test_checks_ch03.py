@@ -353,6 +353,7 @@ def run_experiment_check(shares, verdict, *, train=TRAIN, probe=PROBE, lr=TASK_L
     check_silent_experiment(shares, verdict, train, probe, lr)
 
 
+@pytest.mark.slow
 def test_the_tiny_task_tells_runs_and_mistakes_apart(runs) -> None:
     """Each run's share differs from the others', and each recognised mistake gives another
     share than the task's rule in at least one run: else the check could not tell them apart."""
@@ -362,6 +363,7 @@ def test_the_tiny_task_tells_runs_and_mistakes_apart(runs) -> None:
         assert any(abs(r[mistake] - r["task"]) > 0.02 for r in runs.values()), mistake
 
 
+@pytest.mark.slow
 def test_silent_experiment_honest_report_passes(task, runs, capsys) -> None:
     shares = shares_by(runs)
     passes(lambda v: run_experiment_check(shares, v), honest_verdict(shares), "3.4", capsys)
@@ -393,6 +395,7 @@ def right_for_one_run_only(shares, keep: tuple[str, int]):
     raise AssertionError("no report found")
 
 
+@pytest.mark.slow
 def test_silent_experiment_right_for_the_picked_run_only_fails(task, runs, capsys) -> None:
     """The hole of issue 20: the check retrained the run picked by the sum of the reported
     shares, so a report right for that run and wrong for the three others passed. Now every
@@ -436,6 +439,7 @@ def other_probe(runs):
     ],
     ids=["large-lr-edited", "other-training-data", "other-probe"],
 )
+@pytest.mark.slow
 def test_silent_experiment_settings_are_the_task_s(task, runs, make, hint: str, capsys) -> None:
     """The check used to retrain with the learner's own lr and data: a report consistent with
     an edited LARGE_LR or another data set passed."""
@@ -459,6 +463,7 @@ def test_silent_experiment_settings_are_the_task_s(task, runs, make, hint: str, 
     ],
     ids=["counter-on-output", "counter-first-batch", "counter-last-batch", "mean-of-layer-shares"],
 )
+@pytest.mark.slow
 def test_silent_experiment_names_the_counter_s_mistake(task, runs, mistake, hint, capsys) -> None:
     """Shares from a wrong Task 3.3 counter: the hint names it instead of blaming the protocol."""
     shares = shares_by(runs, mistake)
@@ -527,6 +532,7 @@ def free_text(runs):
         "free-text-verdict",
     ],
 )
+@pytest.mark.slow
 def test_silent_experiment_wrong_reports_fail(task, runs, make, hint: str, capsys) -> None:
     shares, verdict = make(runs)
     fails(lambda v: run_experiment_check(shares, v), verdict, hint, "3.4", capsys)

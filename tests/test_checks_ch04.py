@@ -413,12 +413,14 @@ def run_check(gaps, verdict, *, train=TRAIN, val=VAL, wd=TASK_WEIGHT_DECAY, epoc
     check_weight_decay_experiment(gaps, verdict, train, val, wd, epochs)
 
 
+@pytest.mark.slow
 def test_the_tiny_task_tells_runs_apart(runs) -> None:
     gaps = [r["gap"] for r in runs.values()]
     assert len(set(gaps)) == len(gaps), runs
     assert all(abs(r["on the fly"] - r["gap"]) > 0.01 for r in runs.values()), runs
 
 
+@pytest.mark.slow
 def test_weight_decay_experiment_honest_report_passes(task, runs, capsys) -> None:
     gaps = gaps_by(runs)
     passes(lambda v: run_check(gaps, v), honest_verdict(gaps), "4.4", capsys)
@@ -463,6 +465,7 @@ def right_for_one_run_only(gaps, keep: tuple[str, int]):
 @pytest.mark.parametrize(
     "checked", [("plain", 0), ("plain", 1), ("weight_decay", 1)], ids=lambda r: f"{r[0]}-{r[1]}"
 )
+@pytest.mark.slow
 def test_weight_decay_experiment_right_for_the_picked_run_only_fails(
     task, runs, checked, monkeypatch, capsys
 ) -> None:
@@ -488,6 +491,7 @@ def consistent_with(wd: float = TASK_WEIGHT_DECAY, epochs: int = EPOCHS, train=T
     ],
     ids=["weight-decay-zero", "fewer-epochs", "other-training-data"],
 )
+@pytest.mark.slow
 def test_weight_decay_experiment_settings_are_the_task_s(task, settings, hint, capsys) -> None:
     """The check used to retrain with the learner's own settings: WEIGHT_DECAY = 0 (both arms
     alike, "within noise") or fewer epochs, reported consistently, passed."""
@@ -504,6 +508,7 @@ def test_weight_decay_experiment_settings_are_the_task_s(task, settings, hint, c
     ],
     ids=["val-minus-train", "on-the-fly-train-accuracy", "train-accuracy-only"],
 )
+@pytest.mark.slow
 def test_weight_decay_experiment_names_the_gap_s_mistake(
     task, runs, mistake, hint, monkeypatch, capsys
 ) -> None:
@@ -569,6 +574,7 @@ def missing_arm(runs):
         "missing-arm",
     ],
 )
+@pytest.mark.slow
 def test_weight_decay_experiment_wrong_reports_fail(task, runs, make, hint: str, capsys) -> None:
     gaps, verdict = make(runs)
     fails(lambda v: run_check(gaps, v), verdict, hint, "4.4", capsys)

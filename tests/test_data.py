@@ -432,6 +432,7 @@ def test_tensor_loader_matches_dataloader_unshuffled(
         assert_same_batches(fast, standard, n_batches=2)
 
 
+@pytest.mark.slow
 def test_tensor_loader_matches_dataloader_shuffled(
     fashion_splits: dict[str, FashionMNISTTensors],
     standard_splits: dict[str, torch.utils.data.Dataset],

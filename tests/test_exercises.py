@@ -239,6 +239,7 @@ def test_exercise_path() -> None:
 
 
 @pytest.mark.parametrize("path", EXERCISES, ids=lambda p: p.name)
+@pytest.mark.slow
 def test_exercise_notebook_fails_with_not_implemented(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(

@@ -166,6 +166,7 @@ def test_failed_save_leaves_no_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["torchscript", "export"])
+@pytest.mark.slow
 def test_fresh_process_loads_without_the_course_code(
     kind: str, model: FashionCNN, files: dict[str, Path]
 ) -> None:
@@ -177,6 +178,7 @@ def test_fresh_process_loads_without_the_course_code(
     assert 'sys.modules["course_utils"] = None' in result.script
 
 
+@pytest.mark.slow
 def test_fresh_process_reports_a_failure(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"nope")

@@ -28,6 +28,8 @@ from course_utils.grade import (
 )
 from course_utils.paths import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # executes the exercise notebooks
+
 SOLUTION = REPO_ROOT / "solutions" / "10_gradcam_solutions.ipynb"
 EXERCISE = exercise_path(SOLUTION)
 

@@ -56,7 +56,7 @@ LAB_SETTINGS = {
 }
 
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = requires_chromium
+pytestmark = [requires_chromium, pytest.mark.browser]  # Chromium
 
 
 # --- the temporary copy -------------------------------------------------------------------------

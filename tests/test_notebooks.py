@@ -16,6 +16,8 @@ import pytest
 from course_utils.build import pipeline
 from course_utils.build.results import metrics_dir
 
+pytestmark = pytest.mark.slow  # executes every notebook
+
 CHAPTERS = pipeline.chapter_notebooks()
 PAGES = pipeline.page_notebooks()
 

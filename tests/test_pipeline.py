@@ -19,6 +19,8 @@ from course_utils.build import pipeline, runners
 from course_utils.build.results import read_execution_times
 from course_utils.build.runners import NotebookExecutionError
 
+pytestmark = pytest.mark.slow  # executes notebooks
+
 RUNNERS = ["papermill", "nbclient", "inprocess"]
 FAILED = (PapermillExecutionError, NotebookExecutionError)
 

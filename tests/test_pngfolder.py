@@ -398,6 +398,7 @@ def _skipped_and_raised(root: Path, rel: str, words: str, **kwargs: object) -> P
     return ds
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_refused_by_name(one_class: Path) -> None:
     """30000×30000 pixels in ~110 KB: Pillow's own guard raises inside ``Image.open``, which
     used to escape the constructor without a file name, even with ``on_error="skip"``."""
@@ -410,6 +411,7 @@ def test_decompression_bomb_is_refused_by_name(one_class: Path) -> None:
         assert len(ds) == 2
 
 
+@pytest.mark.slow
 def test_size_is_checked_from_the_header_before_decoding(one_class: Path) -> None:
     """Files that hold only a header (no pixel data at all): decoding them would fail as
     truncated, so "too large" and "size …" prove nothing was decoded. 5000×5000 is below

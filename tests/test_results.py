@@ -126,15 +126,35 @@ def test_record_metrics_refuses_headlines_that_are_not_headline_objects(folder: 
         record_metrics("01_baseline_cnn", "cpu", True, headlines=[("accuracy", 0.9)])
 
 
-def test_the_results_page_renders_old_and_new_records_and_flags_a_smoke_run(
-    folder: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The book page itself, on one record with headlines and one older record without."""
+def run_results_page(out_dir: Path, quick: bool) -> tuple[list, str]:
+    """Execute book/results.ipynb with papermill; its outputs and their HTML/Markdown text."""
     import nbformat
     import papermill
 
     from course_utils.paths import REPO_ROOT
 
+    out = out_dir / "results.ipynb"
+    papermill.execute_notebook(
+        str(REPO_ROOT / "book" / "results.ipynb"),
+        str(out),
+        parameters={"QUICK": quick},
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    outputs = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
+    text = "\n".join(
+        str(o.get("data", {}).get(kind, ""))
+        for o in outputs
+        for kind in ("text/html", "text/markdown")
+    )
+    return outputs, text
+
+
+@pytest.mark.slow
+def test_the_results_page_renders_old_and_new_records_and_flags_a_smoke_run(
+    folder: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The book page itself, on one record with headlines and one older record without."""
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend draws
     record_metrics(
         "02_batchnorm",
@@ -148,22 +168,28 @@ def test_the_results_page_renders_old_and_new_records_and_flags_a_smoke_run(
            "metrics": {"test_accuracy": 0.9224, "epochs": 6}}  # fmt: skip
     (folder / "01_baseline_cnn.json").write_text(json.dumps(old))
     record_execution_time("01_baseline_cnn", 12.0, quick=True)
-    out = tmp_path_factory.mktemp("page") / "results.ipynb"
-    papermill.execute_notebook(
-        str(REPO_ROOT / "book" / "results.ipynb"),
-        str(out),
-        parameters={"QUICK": True},
-        kernel_name="python3",
-        progress_bar=False,
-    )
-    outputs = [o for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", [])]
-    text = "\n".join(
-        str(o.get("data", {}).get(kind, ""))
-        for o in outputs
-        for kind in ("text/html", "text/markdown")
-    )
+    outputs, text = run_results_page(tmp_path_factory.mktemp("page"), quick=True)
     assert not [o for o in outputs if o.output_type == "error"]
     assert "Smoke run: these numbers are not results" in text
     assert "+4.7 points (beyond noise)" in text and "92.2%" in text
     assert "test_accuracy_bn_mean" not in text and "Test accuracy BatchNorm mean" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2, "two figures"
+
+
+@pytest.mark.slow
+def test_a_full_build_says_which_machine_built_it_and_when(
+    folder: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The published site is a full build: its results page names the processor, the threads,
+    the device and the time of the records, and shows no smoke-run warning."""
+    from course_utils.build.results import processor_name
+
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    path = record_metrics("01_baseline_cnn", "cpu", False, test_accuracy=0.92)
+    record = json.loads(path.read_text())
+    assert record["processor"] == processor_name() and record["threads"] >= 1
+    outputs, text = run_results_page(tmp_path_factory.mktemp("page"), quick=False)
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert "Full build" in text and "Smoke run" not in text
+    assert f"{record['processor']}, {record['threads']} threads (device cpu)" in text
+    assert f"recorded {record['written'][:16].replace('T', ' ')} UTC" in text

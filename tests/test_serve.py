@@ -455,6 +455,7 @@ def test_every_kind_of_model_file_gives_the_models_logits(
 
 
 @pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+@pytest.mark.slow
 def test_serving_an_export_imports_neither_the_model_class_nor_torch_for_onnx(
     model_dir: Path, suffix: str
 ) -> None:
@@ -978,6 +979,7 @@ def test_bench_command_reports_latency(model_path: Path) -> None:
     json.dumps({k: v for k, v in vars(result).items()})  # plain numbers
 
 
+@pytest.mark.slow
 def test_bench_models_compares_the_export_and_the_checkpoint(model_dir: Path) -> None:
     paths = [model_dir / "untrained.onnx", model_dir / "untrained.pt"]
     results = loadtest.bench_models(paths, n_requests=30, concurrency=2, warmup=3)
@@ -1138,6 +1140,7 @@ def test_health_answers_while_clients_hang_and_send_costly_images(model_path: Pa
                 conn.close()
 
 
+@pytest.mark.slow
 def test_idle_connections_are_closed_after_the_idle_timeout(model_path: Path) -> None:
     """Past the connection limit, new clients wait until idle connections time out."""
     app = create_app(model_path)

@@ -3,7 +3,8 @@ it installs from PyPI without torch, JupyterLab or jupyter-book, and serves an `
 
 Cost: about 30 s with a warm pip cache (``~/.cache/pip``; ~40 MB of wheels: ONNX Runtime, NumPy,
 Pillow, Flask, waitress and their few dependencies), a minute or two on a cold one. Set
-``COURSE_SKIP_SERVE_INSTALL=1`` to skip it on a machine without access to PyPI.
+``COURSE_SKIP_SERVE_INSTALL=1`` to skip it; without access to the package index it skips itself,
+with the reason pip gave.
 """
 
 from __future__ import annotations
@@ -61,6 +62,21 @@ def test_the_serving_requirements_are_pyprojects_pins() -> None:
         assert line == pins[name_of(line)], f"{line} differs from pyproject's {pins[name_of(line)]}"
 
 
+def skip_unless_the_index_answers(pip: list[str], folder: Path) -> None:
+    """Skip, with pip's own words, when the package index cannot be reached: a probe downloads
+    one small wheel (waitress, no dependencies). Any later failure is a real one."""
+    probe = subprocess.run(
+        [*pip, "download", "--no-deps", "--dest", str(folder), "waitress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if probe.returncode:
+        last = (probe.stderr.strip() or probe.stdout.strip()).splitlines()[-1:]
+        pytest.skip(f"the package index cannot be reached: {' '.join(last)[:300]}")
+
+
+@pytest.mark.network
 @pytest.mark.skipif(
     os.environ.get("COURSE_SKIP_SERVE_INSTALL") == "1", reason="COURSE_SKIP_SERVE_INSTALL=1"
 )
@@ -69,6 +85,7 @@ def test_a_fresh_serving_environment_serves_an_onnx_model(tmp_path: Path) -> Non
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "--quiet"]
+    skip_unless_the_index_answers(pip, tmp_path / "probe")
     subprocess.run([*pip, "install", "-r", str(REQUIREMENTS)], check=True, timeout=600)
     source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
     shutil.copytree(
@@ -134,3 +151,16 @@ def test_a_fresh_serving_environment_serves_an_onnx_model(tmp_path: Path) -> Non
             _, err = server.communicate()
     assert "Traceback" not in err, err
     assert sys.executable != str(python)
+
+
+def test_an_unreachable_index_skips_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No index (a closed local port): the probe turns the install test into a skip that says
+    why, instead of a failure."""
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    with pytest.raises(pytest.skip.Exception, match="cannot be reached: .+"):
+        skip_unless_the_index_answers(pip, tmp_path)

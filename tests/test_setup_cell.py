@@ -22,6 +22,7 @@ import sysconfig
 from pathlib import Path
 
 import nbformat
+import pytest
 import yaml
 
 from course_utils.build import setup_cell
@@ -203,6 +204,7 @@ def run_setup_cell(tmp_path: Path, source: str, install_source: str) -> subproce
     )
 
 
+@pytest.mark.slow
 def test_setup_cell_installs_the_course_in_a_fresh_venv(tmp_path: Path) -> None:
     """A chapter's own setup cell, run where the course is missing, installs it from
     COURSE_INSTALL_SOURCE (a wheel of this checkout) into the fresh venv, keeps torch, puts the

@@ -54,7 +54,7 @@ CLIPPED_CODE_JS = """els => els
     .filter(e => e.scrollWidth > e.clientWidth + 1)
     .map(e => e.innerText.split("\\n").reduce((a, b) => (a.length >= b.length ? a : b)))"""
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = requires_chromium
+pytestmark = [requires_chromium, pytest.mark.browser]  # Chromium
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from bs4 import BeautifulSoup
 from course_utils.build import pipeline
 from course_utils.paths import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # reads the site that test_notebooks builds
+
 SOURCE_SUFFIXES = (".ipynb", ".md")
 # Pages Sphinx generates without a source file: they still carry the repository and issue buttons.
 GENERATED_PAGES = ("genindex.html", "search.html")

@@ -32,7 +32,7 @@ from course_utils.models import FashionCNN
 from course_utils.paths import REPO_ROOT
 
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = requires_chromium
+pytestmark = [requires_chromium, pytest.mark.browser]  # Chromium
 STATIC = REPO_ROOT / "book" / "_static"
 N_IMAGES = 20
 

@@ -29,6 +29,7 @@ __all__ = [
     "headlines_of",
     "metric_label",
     "metrics_dir",
+    "processor_name",
     "read_execution_times",
     "read_metrics",
     "record_execution_time",
@@ -161,6 +162,8 @@ def record_metrics(
         "mode": "quick" if quick else "full",
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "processor": processor_name(),
+        "threads": torch.get_num_threads(),
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "headlines": [dataclasses.asdict(h) for h in headlines],
         "metrics": metrics,
@@ -169,6 +172,17 @@ def record_metrics(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def processor_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def read_metrics(quick: bool) -> dict[str, dict[str, Any]]:
