@@ -3,14 +3,15 @@ port, requests from client threads; latency percentiles, throughput, errors and 
 
 - :func:`bench` / :func:`bench_sweep`: one model file, one or several concurrencies;
 - :func:`bench_models`: several model files one after the other, in one run (``python -m
-  course_utils.serve bench``), by default the ONNX export and the state_dict checkpoint of the
-  same weights;
+  course_utils.loadtest bench [--model FILE …] [--requests 2000] [--concurrency 8]``), by
+  default the ONNX export and the state_dict checkpoint of the same weights;
 - :func:`bench_memory`: the server's peak resident memory (Linux's ``VmHWM``) while clients send
-  huge 16-bit PNGs (``python -m course_utils.serve bench-memory``).
+  huge 16-bit PNGs (``python -m course_utils.loadtest bench-memory [--model FILE]``).
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import io
 import json
@@ -26,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ __all__ = [
     "bench_models",
     "bench_sweep",
     "default_models",
+    "main",
 ]
 
 
@@ -450,3 +452,54 @@ def bench_memory(
         peak_rss_mb=peak,
         seconds=seconds,
     )
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_utils.loadtest bench|bench-memory``; the exit status (1: errors)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m course_utils.loadtest",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    load = sub.add_parser("bench", help="load-test the API on a free loopback port")
+    load.add_argument(
+        "--model",
+        type=Path,
+        action="append",
+        help="a model file; repeat to compare (default: chapter 8's .onnx and chapter 1's .pt)",
+    )
+    load.add_argument("--requests", type=int, default=2000, help="timed requests (≤ 100,000)")
+    load.add_argument("--concurrency", type=int, default=8, help="client threads (≤ 64)")
+    load.add_argument(
+        "--threads", type=int, default=DEFAULT_THREADS, help="waitress worker threads"
+    )
+    load.add_argument("--deadline", type=float, default=300.0, help="stop sending after (s)")
+    load.add_argument("--json", action="store_true", help="print the results as JSON lines")
+    memory = sub.add_parser("bench-memory", help="peak server memory under huge uploads")
+    memory.add_argument("--model", type=Path, default=None, help="default: chapter 8's .onnx")
+    memory.add_argument("--clients", type=int, default=8, help="clients sending at once")
+    memory.add_argument("--requests", type=int, default=32, help="uploads in all")
+    memory.add_argument("--side", type=int, default=4096, help="image width and height")
+    args = parser.parse_args(argv)
+    if args.command == "bench-memory":
+        report = bench_memory(args.model, args.clients, args.requests, args.side)
+        print(report.summary())
+        return 0 if report.server_errors == 0 else 1
+    results = bench_models(
+        args.model, args.requests, args.concurrency, threads=args.threads, deadline_s=args.deadline
+    )
+    for name, result in results.items():
+        if args.json:
+            fields = {k: v for k, v in asdict(result).items() if k != "latencies_ms"}
+            print(json.dumps({"model": name, **fields}))
+        else:
+            print(f"{name}: {result.summary()}")
+    return 0 if all(r.errors == 0 and r.wrong == 0 for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

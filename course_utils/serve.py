@@ -15,8 +15,8 @@ status 2), with a message that says why. So does a port that is already taken.
 
 Loading the model file and building the answer live in :mod:`course_utils.inference`, the form's
 limits in :mod:`course_utils.form_limits`, the upload preprocessing in :mod:`course_utils.upload`
-(NumPy and Pillow only) and the load benchmark in :mod:`course_utils.loadtest`; all are
-re-exported here (the benchmark lazily, since it uses torch).
+(NumPy and Pillow only); all are re-exported here. The load benchmark, which starts this server
+in a subprocess, is :mod:`course_utils.loadtest` (``python -m course_utils.loadtest``).
 
 The API (:func:`create_app`): ``POST /predict`` with a ``multipart/form-data`` field ``file``
 returns ``{"label", "class_index", "probabilities": [{"label", "class_index", "probability"},
@@ -31,19 +31,13 @@ Command line (``python -m course_utils.serve``):
 - ``serve --model FILE [--host 127.0.0.1] [--port 8000]``: run the API under waitress. The host
   defaults to ``127.0.0.1``, this machine only. ``--host 0.0.0.0`` exposes it to every network
   the machine is on, with no authentication and no TLS: do that only behind a reverse proxy
-  that adds them, or on a network you trust;
-- ``bench [--model FILE …] [--requests 2000] [--concurrency 8]``: start each model's server in a
-  subprocess on a free loopback port, one after the other, send the requests, print p50/p99
-  latency, throughput and errors (:func:`bench_sweep` does several concurrencies);
-- ``bench-memory [--model FILE] [--clients 8]``: the server's peak resident memory while
-  clients send huge 16-bit PNGs.
+  that adds them, or on a network you trust.
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import logging
 import re
 import signal
@@ -51,7 +45,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -400,7 +393,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``serve``, ``bench`` or ``bench-memory``); the exit status."""
+    """Command-line entry point (``serve``); the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m course_utils.serve",
         description=__doc__,
@@ -420,55 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
     run.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="waitress worker threads")
     run.add_argument("--model-threads", type=int, default=1, help="the model's intra-op threads")
-    load = sub.add_parser("bench", help="load-test the API on a free loopback port")
-    load.add_argument(
-        "--model",
-        type=Path,
-        action="append",
-        help="a model file; repeat to compare (default: chapter 8's .onnx and chapter 1's .pt)",
-    )
-    load.add_argument("--requests", type=int, default=2000, help="timed requests (≤ 100,000)")
-    load.add_argument("--concurrency", type=int, default=8, help="client threads (≤ 64)")
-    load.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, help="waitress worker threads"
-    )
-    load.add_argument("--deadline", type=float, default=300.0, help="stop sending after (s)")
-    load.add_argument("--json", action="store_true", help="print the results as JSON lines")
-    memory = sub.add_parser("bench-memory", help="peak server memory under huge uploads")
-    memory.add_argument("--model", type=Path, default=None, help="default: chapter 8's .onnx")
-    memory.add_argument("--clients", type=int, default=8, help="clients sending at once")
-    memory.add_argument("--requests", type=int, default=32, help="uploads in all")
-    memory.add_argument("--side", type=int, default=4096, help="image width and height")
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    from . import loadtest
-
-    if args.command == "bench-memory":
-        report = loadtest.bench_memory(args.model, args.clients, args.requests, args.side)
-        print(report.summary())
-        return 0 if report.server_errors == 0 else 1
-    results = loadtest.bench_models(
-        args.model, args.requests, args.concurrency, threads=args.threads, deadline_s=args.deadline
-    )
-    for name, result in results.items():
-        if args.json:
-            fields = {k: v for k, v in asdict(result).items() if k != "latencies_ms"}
-            print(json.dumps({"model": name, **fields}))
-        else:
-            print(f"{name}: {result.summary()}")
-    return 0 if all(r.errors == 0 and r.wrong == 0 for r in results.values()) else 1
-
-
-_LAZY = {"BenchResult", "bench", "bench_sweep"}  # loadtest's, imported on use (it needs torch)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import loadtest
-
-        return getattr(loadtest, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _serve(args)
 
 
 if __name__ == "__main__":

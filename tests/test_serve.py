@@ -32,14 +32,13 @@ from PIL import Image, ImageOps
 from course_utils import loadtest, serve, upload
 from course_utils.artefacts import ModelFileError, save_atomically
 from course_utils.data import CLASSES, MEAN, STD
+from course_utils.loadtest import bench, bench_sweep
 from course_utils.models import FashionCNN
 from course_utils.paths import REPO_ROOT
 from course_utils.serve import (
     ImageTooLarge,
     InvalidImage,
     UnsupportedImage,
-    bench,
-    bench_sweep,
     create_app,
     encode_png,
     preprocess_image,
@@ -987,6 +986,21 @@ def test_bench_models_compares_the_export_and_the_checkpoint(model_dir: Path) ->
     assert all(
         r.errors == 0 and r.wrong == 0 and len(r.latencies_ms) == 30 for r in results.values()
     )
+
+
+def test_the_load_test_command_line_prints_one_json_line_per_model(
+    model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m course_utils.loadtest bench`` (the command moved out of serve, which no
+    longer imports the benchmark): exit status 0 and a JSON line with the model's numbers."""
+    args = ["bench", "--model", str(model_path), "--requests", "20", "--concurrency", "2"]
+    assert loadtest.main([*args, "--json"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    fields = json.loads(line)
+    assert fields["model"] == model_path.name and fields["requests"] == 20
+    assert fields["errors"] == 0 and fields["wrong"] == 0
+    with pytest.raises(SystemExit):
+        serve.main(["bench", "--model", str(model_path)])  # not a serve command any more
 
 
 def test_bench_sweep_measures_each_concurrency_against_one_server(
