@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from course_utils.build import pipeline
-from course_utils.build.results import metrics_dir
+from course_utils.metrics import metrics_dir
 
 pytestmark = pytest.mark.slow  # executes every notebook
 

@@ -1,5 +1,5 @@
-"""``course_utils.build.results``: chapters' metrics and execution times round-trip through JSON,
-one folder per mode, in a temporary ``$COURSE_METRICS_DIR``."""
+"""``course_utils.metrics`` and ``course_utils.build.results``: chapters' metrics and execution
+times round-trip through JSON, one folder per mode, in a temporary ``$COURSE_METRICS_DIR``."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ from pathlib import Path
 import pytest
 
 from course_utils.build.results import (
-    Headline,
     format_headline,
     format_metric,
     headlines_of,
     metric_label,
-    metrics_dir,
     read_execution_times,
     read_metrics,
     record_execution_time,
-    record_metrics,
 )
+from course_utils.metrics import Headline, metrics_dir, record_metrics
 
 
 @pytest.fixture
@@ -182,7 +180,7 @@ def test_a_full_build_says_which_machine_built_it_and_when(
 ) -> None:
     """The published site is a full build: its results page names the processor, the threads,
     the device and the time of the records, and shows no smoke-run warning."""
-    from course_utils.build.results import processor_name
+    from course_utils.metrics import processor_name
 
     monkeypatch.delenv("MPLBACKEND", raising=False)
     path = record_metrics("01_baseline_cnn", "cpu", False, test_accuracy=0.92)
