@@ -21,3 +21,21 @@ def passes(check: Callable, answer: object, ex: str, capsys) -> None:
     """``check(answer)`` must pass and print the ✅ line of exercise ``ex``."""
     check(answer)
     assert capsys.readouterr().out.startswith(f"✅ Exercise {ex}:")
+
+
+def honest_verdict(
+    values: dict[str, dict[int, float]], a: str, b: str, verdicts: tuple[str, str, str]
+) -> str:
+    """The verdict ``experiments.compare`` gives for ``{arm: {seed: value}}``: ``verdicts[0]``
+    when ``a`` is beyond noise above ``b``, ``verdicts[1]`` when below, else ``verdicts[2]``."""
+    import pandas as pd
+
+    from course_utils.experiments import compare
+
+    frame = pd.DataFrame(
+        {"variant": arm, "seed": s, "v": v} for arm, runs in values.items() for s, v in runs.items()
+    )
+    c = compare(frame, a, b, "v")
+    if c.beyond_noise:
+        return verdicts[0] if c.diff > 0 else verdicts[1]
+    return verdicts[2]

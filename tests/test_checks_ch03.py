@@ -3,6 +3,7 @@ course's own counters are refused in the write-it-yourself task."""
 
 from __future__ import annotations
 
+import checks_support
 import pytest
 import torch
 from checks_support import fails, passes
@@ -21,7 +22,6 @@ from course_utils.checks.ch03 import (
     check_silent_per_layer,
 )
 from course_utils.data import FashionMNISTTensors, TensorLoader
-from course_utils.experiments import compare
 
 
 def right_count(acts: torch.Tensor) -> int:
@@ -338,15 +338,8 @@ def shares_by(runs, key: str = "task") -> dict[str, dict[int, float]]:
 
 
 def honest_verdict(shares) -> str:
-    import pandas as pd
-
-    frame = pd.DataFrame(
-        {"variant": a, "seed": s, "v": v} for a, r in shares.items() for s, v in r.items()
-    )
-    c = compare(frame, "relu", "leaky_relu", "v")
-    if c.beyond_noise:
-        return "more in ReLU" if c.diff > 0 else "more in LeakyReLU"
-    return "within noise"
+    verdicts = ("more in ReLU", "more in LeakyReLU", "within noise")
+    return checks_support.honest_verdict(shares, "relu", "leaky_relu", verdicts)
 
 
 def run_experiment_check(shares, verdict, *, train=TRAIN, probe=PROBE, lr=TASK_LR):

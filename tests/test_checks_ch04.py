@@ -3,6 +3,7 @@ library dropout is refused in the write-it-yourself tasks."""
 
 from __future__ import annotations
 
+import checks_support
 import pandas as pd
 import pytest
 import torch
@@ -23,7 +24,6 @@ from course_utils.checks.ch04 import (
     check_weight_decay_experiment,
 )
 from course_utils.data import FashionMNISTTensors
-from course_utils.experiments import compare
 
 # --- 4.1 ---------------------------------------------------------------------------------------
 
@@ -400,13 +400,8 @@ def gaps_by(runs, key: str = "gap") -> dict[str, dict[int, float]]:
 
 
 def honest_verdict(gaps) -> str:
-    frame = pd.DataFrame(
-        {"variant": a, "seed": s, "v": v} for a, r in gaps.items() for s, v in r.items()
-    )
-    c = compare(frame, "plain", "weight_decay", "v")
-    if c.beyond_noise:
-        return "weight decay narrows the gap" if c.diff > 0 else "weight decay widens the gap"
-    return "within noise"
+    verdicts = ("weight decay narrows the gap", "weight decay widens the gap", "within noise")
+    return checks_support.honest_verdict(gaps, "plain", "weight_decay", verdicts)
 
 
 def run_check(gaps, verdict, *, train=TRAIN, val=VAL, wd=TASK_WEIGHT_DECAY, epochs=EPOCHS):

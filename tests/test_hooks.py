@@ -10,12 +10,6 @@ from course_utils.hooks import capture_activations, hook_count
 from course_utils.models import FashionCNN
 
 
-@pytest.fixture
-def model() -> FashionCNN:
-    torch.manual_seed(0)
-    return FashionCNN().eval()
-
-
 def test_capture_records_outputs_and_removes_hooks(model: FashionCNN) -> None:
     x = torch.randn(2, 1, 28, 28)
     with capture_activations(model, ["conv1", "pool"]) as acts:

@@ -27,12 +27,6 @@ from course_utils.inspection import (
 from course_utils.models import FashionCNN
 
 
-@pytest.fixture
-def model() -> FashionCNN:
-    torch.manual_seed(0)
-    return FashionCNN().eval()
-
-
 def test_stage_activations_match_a_manual_forward(model: FashionCNN) -> None:
     x = torch.randn(1, 1, 28, 28)
     model.train()

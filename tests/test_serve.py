@@ -33,7 +33,6 @@ from course_utils import loadtest, serve, upload
 from course_utils.artefacts import ModelFileError, save_atomically
 from course_utils.data import CLASSES, MEAN, STD
 from course_utils.loadtest import bench, bench_sweep
-from course_utils.models import FashionCNN
 from course_utils.paths import REPO_ROOT
 from course_utils.serve import (
     ImageTooLarge,
@@ -54,13 +53,6 @@ def export_onnx(model: torch.nn.Module, path: Path) -> Path:
         model, (torch.zeros(2, 1, 28, 28),), dynamo=True, dynamic_shapes={"x": {0: batch}}
     )
     return save_atomically(program.save, path)
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    """An untrained FashionCNN: the API must not care how good the weights are."""
-    torch.manual_seed(0)
-    return FashionCNN().eval()
 
 
 @pytest.fixture(scope="module")

@@ -54,12 +54,6 @@ def build_site(root: Path, model_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def model() -> FashionCNN:
-    torch.manual_seed(0)
-    return FashionCNN().eval()
-
-
-@pytest.fixture(scope="module")
 def site(model: FashionCNN, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Two sites on one loopback server: ``ok/`` with the model, ``missing/`` without."""
     root = tmp_path_factory.mktemp("sites")
