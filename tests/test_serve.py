@@ -400,21 +400,28 @@ def test_a_16_bit_4096_png_is_handled_within_its_decode_cost() -> None:
 
 
 def test_the_memory_budget_makes_decodes_take_turns() -> None:
-    budget = upload.MemoryBudget(100, timeout=0.3)
-    order: list[str] = []
+    """The second reservation waits for the first to end (events, not sleeps: a slow machine
+    cannot make it fail); one that cannot get its share in time is refused with a 503's words."""
+    budget = upload.MemoryBudget(100, timeout=60)
+    trying, got = threading.Event(), threading.Event()
+
+    def second() -> None:
+        trying.set()
+        with budget.reserve(50):
+            got.set()
+
     with budget.reserve(80):
-        waiter = threading.Thread(
-            target=lambda: (budget.reserve(50).__enter__(), order.append("second got it"))
-        )
+        waiter = threading.Thread(target=second)
         waiter.start()
-        time.sleep(0.1)
-        order.append("first done")
-    waiter.join(2)
-    assert order == ["first done", "second got it"]
+        assert trying.wait(10)
+        assert not got.wait(0.2), "the second reservation did not wait for the first"
+    assert got.wait(10), "the second reservation never got its share"
+    waiter.join(10)
+    busy = upload.MemoryBudget(100, timeout=0.05)
     with (
-        budget.reserve(60),
+        busy.reserve(60),
         pytest.raises(upload.ServerBusy, match="retry later"),
-        budget.reserve(60),
+        busy.reserve(60),
     ):
         pass
     with budget.reserve(10**9):  # more than the whole budget: takes all of it, not forever
