@@ -7,6 +7,7 @@ of each page is saved to ``_build/screenshots/`` for a reviewer to look at.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from urllib.parse import urldefrag, urljoin, urlparse
 
@@ -53,6 +54,7 @@ def executed_figures(name: str) -> int:
 CLIPPED_CODE_JS = """els => els
     .filter(e => e.scrollWidth > e.clientWidth + 1)
     .map(e => e.innerText.split("\\n").reduce((a, b) => (a.length >= b.length ? a : b)))"""
+IMAGE_FILE = re.compile(r"\.(png|jpe?g|svg|gif)$", re.IGNORECASE)
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [requires_chromium, pytest.mark.browser]  # Chromium
 
@@ -117,6 +119,15 @@ def test_page(site: str, browser, name: str) -> None:
         assert "Traceback" not in text and page.locator("main .output.error").count() == 0
         clipped = page.eval_on_selector_all("main .cell_input pre", CLIPPED_CODE_JS)
         assert not clipped, f"code cells scroll sideways (lines too long): {clipped}"
+        # Every output figure says what it shows (WCAG 1.1.1): myst-nb's default alt is the
+        # image's file name; the cell's metadata {"mystnb": {"image": {"alt": ...}}} sets it.
+        alts = page.eval_on_selector_all(
+            "main .cell_output img",
+            "imgs => imgs.filter(i => !i.closest('.jupyter-widgets'))"
+            ".map(i => (i.getAttribute('alt') || '').trim())",
+        )
+        unnamed = [a or "(empty)" for a in alts if len(a) < 20 or IMAGE_FILE.search(a)]
+        assert not unnamed, f"figures whose alt text is empty, short or a file name: {unnamed}"
         if name.startswith("notebooks/"):
             # Figures inside cell outputs only: the launch buttons' logos are <img> too, and so
             # are the images a saved widget draws (chapter 5's explorer, tested below).

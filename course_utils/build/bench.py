@@ -163,7 +163,7 @@ def best_recipe_time_to_accuracy(
         _, accuracy = evaluate(model, val)  # evaluation time is counted too
         train_seconds += time.perf_counter() - start
         curve.append({"epoch": epoch, "seconds": train_seconds, "val_accuracy": accuracy})
-        print(f"  epoch {epoch}: {train_seconds:.1f} s, validation accuracy {accuracy:.2%}")
+        print(f"  epoch {epoch}: {train_seconds:.1f} s, validation {accuracy:.2%}", flush=True)
         for target in targets:
             key = f"{target:.0%}"
             if reached[key] is None and accuracy >= target:
@@ -436,7 +436,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         )
         for target, seconds in report["time_to_accuracy"]["seconds_to"].items():
             shown = f"{seconds:.1f} s" if seconds is not None else "not reached"
-            print(f"  {target}: {shown}")
+            print(f"  {target} (validation): {shown}")
+        print(f"  test accuracy at the end: {report['time_to_accuracy']['test_accuracy']:.2%}")
     report["memory"] = peak_memory(device)
     print(f"\nPeak memory: {report['memory']}")
     times = {mode: read_execution_times(mode == "quick") for mode in ("quick", "full")}
