@@ -182,6 +182,29 @@ def test_drawing_is_classified(site: str, browser) -> None:
     assert not errors, errors
 
 
+def test_the_page_works_from_the_keyboard_alone(site: str, browser) -> None:
+    """Tab reaches the drawing area; arrow keys draw, Enter classifies; the results are in a
+    live region (a screen reader announces them) and the file input has a label."""
+    page, errors, _ = open_page(browser, f"{site}/ok/book/try_model.html")
+    for _ in range(80):  # Tab through the page's controls until the drawing area has focus
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "try-draw":
+            break
+    else:
+        raise AssertionError("Tab never reaches the drawing area")
+    strokes = ["ArrowUp"] * 2 + ["ArrowRight"] * 2 + ["ArrowDown"] * 4 + ["ArrowLeft"] * 4
+    for key in strokes + ["ArrowUp"] * 4 + ["ArrowRight"] * 2:
+        page.keyboard.press(f"Shift+{key}")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.getElementById('try-top3').dataset.count === '1'")
+    last = page.evaluate("window.tryModel.last")
+    assert last["inverted"] and max(last["pixels"]) == 255  # dark strokes on white, stretched
+    assert page.locator("#try-top3 li").count() == 3
+    assert page.get_attribute("#try-top3", "aria-live") == "polite"
+    assert page.get_by_label("upload a PNG or JPEG").get_attribute("id") == "try-file"
+    assert not errors, errors
+
+
 def test_missing_model_is_said_clearly(site: str, browser) -> None:
     page, errors, external = open_page(browser, f"{site}/missing/book/try_model.html")
     assert page.get_attribute("#try-status", "data-state") == "missing"

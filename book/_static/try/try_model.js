@@ -138,6 +138,40 @@ for (const type of ["pointerup", "pointercancel"]) {
     if (session) guarded(() => classify(readCanvas(draw), draw.width, draw.height)).catch(() => {});
   });
 }
+// The keyboard: arrows draw from a pen that starts in the middle, Space lifts or lowers it,
+// Enter classifies, Escape clears (and puts the pen back in the middle).
+let keyPen = { at: [draw.width / 2, draw.height / 2], down: true };
+const STEPS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+draw.addEventListener("keydown", (event) => {
+  if (event.key in STEPS) {
+    const [dx, dy] = STEPS[event.key];
+    const step = event.shiftKey ? 40 : 10;
+    const [x0, y0] = keyPen.at;
+    const next = [Math.min(draw.width, Math.max(0, x0 + dx * step)), Math.min(draw.height, Math.max(0, y0 + dy * step))];
+    if (keyPen.down) {
+      pen.strokeStyle = "#000";
+      pen.lineCap = pen.lineJoin = "round";
+      pen.lineWidth = Number($("try-brush").value);
+      pen.beginPath();
+      pen.moveTo(x0, y0);
+      pen.lineTo(...next);
+      pen.stroke();
+    }
+    keyPen.at = next;
+  } else if (event.key === " ") {
+    keyPen.down = !keyPen.down;
+    $("try-note").textContent = keyPen.down ? "Pen down: the arrows draw." : "Pen up: the arrows move without drawing.";
+  } else if (event.key === "Enter") {
+    if (session) guarded(() => classify(readCanvas(draw), draw.width, draw.height)).catch(() => {});
+  } else if (event.key === "Escape") {
+    clear();
+    keyPen = { at: [draw.width / 2, draw.height / 2], down: true };
+    $("try-note").textContent = "Cleared.";
+  } else {
+    return; // Tab and everything else keep their usual meaning
+  }
+  event.preventDefault();
+});
 $("try-clear").addEventListener("click", clear);
 $("try-file").addEventListener("change", (event) => {
   const [file] = event.target.files;
