@@ -39,3 +39,27 @@ def honest_verdict(
     if c.beyond_noise:
         return verdicts[0] if c.diff > 0 else verdicts[1]
     return verdicts[2]
+
+
+def old_pick(reported: dict[str, dict[int, float]]) -> tuple[str, int]:
+    """The run that the experiment checks used to retrain (before issue 20): chosen from the
+    sum of the reported values, so a report could steer it."""
+    rows = [(a, s, v) for a, runs in reported.items() for s, v in runs.items()]
+    runs = sorted(((a, s) for a, s, _ in rows), key=str)
+    return runs[int(round(abs(sum(v for _, _, v in rows)) * 1e6)) % len(runs)]
+
+
+def right_for_one_run_only(
+    honest: dict[str, dict[int, float]], keep: tuple[str, int]
+) -> dict[str, dict[int, float]]:
+    """The honest values for ``keep``, the others moved by 0.2 towards the middle of [0, 1]
+    (and a few millionths), so that the sum of the report picks ``keep`` under the old rule."""
+    others = [(a, s) for a, runs in honest.items() for s in runs if (a, s) != keep]
+    for extra in range(40):
+        fake = {a: dict(runs) for a, runs in honest.items()}
+        for a, s in others:
+            fake[a][s] += 0.2 if fake[a][s] < 0.5 else -0.2
+        fake[others[0][0]][others[0][1]] += extra * 1e-6
+        if old_pick(fake) == keep:
+            return fake
+    raise AssertionError("no report found")

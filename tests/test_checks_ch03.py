@@ -362,38 +362,12 @@ def test_silent_experiment_honest_report_passes(task, runs, capsys) -> None:
     passes(lambda v: run_experiment_check(shares, v), honest_verdict(shares), "3.4", capsys)
 
 
-def old_pick(reported) -> tuple[str, int]:
-    """The run that the check used to retrain: chosen from the sum of the reported values."""
-    import pandas as pd
-
-    rows = [
-        {"variant": a, "seed": s, "value": v} for a, r in reported.items() for s, v in r.items()
-    ]
-    frame = pd.DataFrame(rows)
-    runs = sorted(((r["variant"], r["seed"]) for r in rows), key=str)
-    return runs[int(round(abs(frame["value"].sum()) * 1e6)) % len(runs)]
-
-
-def right_for_one_run_only(shares, keep: tuple[str, int]):
-    """The honest shares for ``keep``, the others moved by 0.2 (and a few millionths), so that
-    the sum of the report picks ``keep`` under the old rule."""
-    others = [(a, s) for a, r in shares.items() for s in r if (a, s) != keep]
-    for extra in range(40):
-        fake = {a: dict(r) for a, r in shares.items()}
-        for a, s in others:
-            fake[a][s] += 0.2 if fake[a][s] < 0.5 else -0.2
-        fake[others[0][0]][others[0][1]] += extra * 1e-6
-        if old_pick(fake) == keep:
-            return fake
-    raise AssertionError("no report found")
-
-
 @pytest.mark.slow
 def test_silent_experiment_right_for_the_picked_run_only_fails(task, runs, capsys) -> None:
     """The hole of issue 20: the check retrained the run picked by the sum of the reported
     shares, so a report right for that run and wrong for the three others passed. Now every
     run is retrained."""
-    fake = right_for_one_run_only(shares_by(runs), ("relu", 1))
+    fake = checks_support.right_for_one_run_only(shares_by(runs), ("relu", 1))
     message = fails(
         lambda v: run_experiment_check(fake, v), honest_verdict(fake), "a rerun gave", "3.4", capsys
     )

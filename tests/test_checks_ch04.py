@@ -4,7 +4,6 @@ library dropout is refused in the write-it-yourself tasks."""
 from __future__ import annotations
 
 import checks_support
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -433,30 +432,6 @@ class Pick:
         return runs.index(self.run)
 
 
-def old_pick(reported) -> tuple[str, int]:
-    """The run that the check used to retrain: chosen from the sum of the reported values."""
-    rows = [
-        {"variant": a, "seed": s, "value": v} for a, r in reported.items() for s, v in r.items()
-    ]
-    frame = pd.DataFrame(rows)
-    runs = sorted(((r["variant"], r["seed"]) for r in rows), key=str)
-    return runs[int(round(abs(frame["value"].sum()) * 1e6)) % len(runs)]
-
-
-def right_for_one_run_only(gaps, keep: tuple[str, int]):
-    """The honest gap for ``keep``, the others 0.2 off (and a few millionths), so that the sum
-    of the report picks ``keep`` under the old rule."""
-    others = [(a, s) for a, r in gaps.items() for s in r if (a, s) != keep]
-    for extra in range(40):
-        fake = {a: dict(r) for a, r in gaps.items()}
-        for a, s in others:
-            fake[a][s] += 0.2
-        fake[others[0][0]][others[0][1]] += extra * 1e-6
-        if old_pick(fake) == keep:
-            return fake
-    raise AssertionError("no report found")
-
-
 @pytest.mark.parametrize(
     "checked", [("plain", 0), ("plain", 1), ("weight_decay", 1)], ids=lambda r: f"{r[0]}-{r[1]}"
 )
@@ -467,7 +442,7 @@ def test_weight_decay_experiment_right_for_the_picked_run_only_fails(
     """The hole of issue 20: the check retrained the run picked by the sum of the reported
     gaps, so a report right for that run only passed. The run is now the check's own random
     choice: whichever of the wrong runs it picks, the report fails."""
-    fake = right_for_one_run_only(gaps_by(runs), ("weight_decay", 0))
+    fake = checks_support.right_for_one_run_only(gaps_by(runs), ("weight_decay", 0))
     monkeypatch.setattr(_common, "_PICKER", Pick(checked), raising=False)
     fails(lambda v: run_check(fake, v), honest_verdict(fake), "a rerun gave", "4.4", capsys)
 
