@@ -36,8 +36,8 @@ book: $(STAMP) data
 	$(PY) -m course_utils.build.pipeline book $(QUICK_FLAG)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check course_utils apps tests notebooks solutions exercises book
-	$(VENV)/bin/ruff format --check course_utils apps tests notebooks solutions exercises book
+	$(VENV)/bin/ruff check course_utils serving apps tests notebooks solutions exercises book
+	$(VENV)/bin/ruff format --check course_utils serving apps tests notebooks solutions exercises book
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 test: $(STAMP) data lint

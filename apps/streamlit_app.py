@@ -9,7 +9,7 @@ capped at the API's 8 MB, the server bound to 127.0.0.1 only, no tracebacks in t
 module on every rerun; older Streamlit releases trip over ``torch.classes`` there, and a deployed
 app does not need it; chapter 9 explains.) The model is ``$COURSE_MODEL_PATH`` if set, otherwise the
 chapter-1 checkpoint (full, else quick). Uploads go through exactly the preprocessing of the
-Flask API (:func:`course_utils.upload.preprocess_array`), under a decode-memory budget shared by
+Flask API (:func:`serving.upload.preprocess_array`), under a decode-memory budget shared by
 all sessions, as the API's; the Grad-CAM overlay is chapter 10's.
 
 Sessions: Streamlit serves every browser tab (session) from one process, each on its own thread.
@@ -40,9 +40,9 @@ from torch import nn
 
 from course_utils.baseline import BASELINE
 from course_utils.data import CLASSES, MEAN, STD, DataUnavailableError, load_tensors
-from course_utils.serve import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET
 from course_utils.train import CheckpointError, checkpoint_path, load_checkpoint
-from course_utils.upload import (
+from serving.serve import DEFAULT_MAX_BYTES, DEFAULT_MEMORY_BUDGET
+from serving.upload import (
     ImageTooLarge,
     InvalidImage,
     MemoryBudget,

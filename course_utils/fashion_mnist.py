@@ -1,6 +1,6 @@
 """Fashion-MNIST's facts, without torch: the class names and the training set's pixel statistics.
 
-:mod:`course_utils.data` (with torch) and :mod:`course_utils.upload` (the torch-free serving
+:mod:`course_utils.data` (with torch) and :mod:`serving.upload` (the torch-free serving
 path) both take them from here, so there is one copy.
 """
 

@@ -14,14 +14,14 @@ from PIL import Image
 from torch import nn
 from werkzeug.exceptions import HTTPException
 
-from course_utils import serve
 from course_utils.checks.ch09 import (
     check_batch_response_fn,
     check_preprocess_fn,
 )
 from course_utils.checks.ch09_flask import check_flask_app
 from course_utils.data import CLASSES, MEAN, STD
-from course_utils.serve import crop_to_content, fit_to_square, normalise, stretch_contrast
+from serving import serve
+from serving.serve import crop_to_content, fit_to_square, normalise, stretch_contrast
 
 # --- 9.1: preprocess_upload -----------------------------------------------------------------------
 
@@ -122,7 +122,7 @@ def preprocess_with_package(data: bytes) -> torch.Tensor:
 
 
 def preprocess_with_package_parts(data: bytes) -> torch.Tensor:
-    grey = to_grey(decode_image(data))  # names imported from course_utils.serve
+    grey = to_grey(decode_image(data))  # names imported from serving.serve
     if serve.needs_inversion(grey):
         grey = 255 - grey
     if grey.shape != (28, 28):
@@ -130,13 +130,13 @@ def preprocess_with_package_parts(data: bytes) -> torch.Tensor:
     return normalise(grey)
 
 
-decode_image, to_grey = serve.decode_image, serve.to_grey  # `from course_utils.serve import …`
+decode_image, to_grey = serve.decode_image, serve.to_grey  # `from serving.serve import …`
 
 
 @pytest.mark.parametrize(
     ("shortcut", "label"),
     [
-        (preprocess_with_package, "course_utils.serve.preprocess_image"),
+        (preprocess_with_package, "serving.serve.preprocess_image"),
         (preprocess_with_package_parts, ".decode_image"),
     ],
     ids=["package_preprocess_image", "package_decode_and_grey_imported_by_name"],
@@ -236,7 +236,7 @@ def test_batch_response_shortcut_is_refused(capsys: pytest.CaptureFixture[str]) 
     fails(
         check_batch_response_fn,
         batch_response_with_package,
-        "course_utils.serve.predict_response",
+        "serving.serve.predict_response",
         "9.2",
         capsys,
     )
@@ -373,7 +373,7 @@ def app_with_package(model: nn.Module, max_bytes: int = 8 * 2**20) -> Flask:
 
 def test_flask_app_shortcut_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     original = serve.create_app
-    fails(check_flask_app, app_with_package, "course_utils.serve.create_app", "9.3", capsys)
+    fails(check_flask_app, app_with_package, "serving.serve.create_app", "9.3", capsys)
     assert serve.create_app is original
 
 

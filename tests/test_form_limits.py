@@ -1,4 +1,4 @@
-"""The upload form's limits (course_utils.form_limits): the part counter and the field limit's
+"""The upload form's limits (serving.form_limits): the part counter and the field limit's
 margin over werkzeug's read buffer. The API's answers to each limit are in test_serve.py."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import io
 
 import pytest
 
-from course_utils import form_limits
-from course_utils.form_limits import _PartCounter
+from serving import form_limits
+from serving.form_limits import _PartCounter
 
 
 def body_of(n_parts: int, boundary: bytes = b"b0undary") -> bytes:

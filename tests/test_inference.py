@@ -1,4 +1,4 @@
-"""course_utils.inference: a checkpoint is verified like an export, and the answer's softmax."""
+"""serving.inference: a checkpoint is verified like an export, and the answer's softmax."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 
 from course_utils.artefacts import ModelFileError
 from course_utils.fashion_mnist import CLASSES
-from course_utils.inference import load_model, predict_response, response_from_logits
 from course_utils.models import FashionCNN
 from course_utils.train import save_checkpoint
+from serving.inference import load_model, predict_response, response_from_logits
 
 # Distinct logits in a shuffled order: the answer must list classes 3, 7, 0, ... first.
 SPREAD = np.array([7.0, 1.5, 3.0, 9.0, 0.5, 2.0, 5.5, 8.0, 4.0, 1.0])

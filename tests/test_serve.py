@@ -29,12 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from course_utils import loadtest, serve, upload
 from course_utils.artefacts import ModelFileError, save_atomically
 from course_utils.data import CLASSES, MEAN, STD
-from course_utils.loadtest import bench, bench_sweep
 from course_utils.paths import REPO_ROOT
-from course_utils.serve import (
+from course_utils.train import save_checkpoint
+from serving import loadtest, serve, upload
+from serving.loadtest import bench, bench_sweep
+from serving.serve import (
     ImageTooLarge,
     InvalidImage,
     UnsupportedImage,
@@ -43,7 +44,6 @@ from course_utils.serve import (
     preprocess_image,
     serve_in_background,
 )
-from course_utils.train import save_checkpoint
 
 
 def export_onnx(model: torch.nn.Module, path: Path) -> Path:
@@ -378,8 +378,8 @@ def test_a_16_bit_4096_png_is_handled_within_its_decode_cost() -> None:
     result = run_python(
         """
         import json
-        from course_utils import upload
-        from course_utils.loadtest import sixteen_bit_png
+        from serving import upload
+        from serving.loadtest import sixteen_bit_png
 
         def status():
             fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -462,8 +462,8 @@ def test_serving_an_export_imports_neither_the_model_class_nor_torch_for_onnx(
     result = run_python(
         f"""
         import io, json, sys
-        from course_utils.serve import create_app
-        from course_utils.upload import encode_png
+        from serving.serve import create_app
+        from serving.upload import encode_png
         import numpy as np
 
         app = create_app({str(model_dir / f"untrained{suffix}")!r})
@@ -482,9 +482,9 @@ def test_serving_an_export_imports_neither_the_model_class_nor_torch_for_onnx(
 
 
 def start_server(*args: str, timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """``python -m course_utils.serve serve ARGS --port 0``; (the process, its first line)."""
+    """``python -m serving.serve serve ARGS --port 0``; (the process, its first line)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "course_utils.serve", "serve", *args, "--port", "0"],
+        [sys.executable, "-m", "serving.serve", "serve", *args, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -535,7 +535,7 @@ def test_the_server_refuses_to_start_on_an_unverifiable_file(
     with pytest.raises(ModelFileError, match=words):
         create_app(copy)
     done = subprocess.run(
-        [sys.executable, "-m", "course_utils.serve", "serve", "--model", str(copy), "--port", "0"],
+        [sys.executable, "-m", "serving.serve", "serve", "--model", str(copy), "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -559,7 +559,7 @@ def test_a_port_in_use_is_a_message_and_exit_2(model_path: Path) -> None:
         taken.listen()
         port = str(taken.getsockname()[1])
         done = subprocess.run(
-            [sys.executable, "-m", "course_utils.serve", "serve", "--model", str(model_path)]
+            [sys.executable, "-m", "serving.serve", "serve", "--model", str(model_path)]
             + ["--port", port],
             capture_output=True,
             text=True,
@@ -590,7 +590,7 @@ def test_the_host_defaults_to_loopback_and_exposing_it_warns(model_path: Path) -
 
 def test_the_command_line_help_warns_about_exposing_the_host() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "course_utils.serve", "serve", "--help"],
+        [sys.executable, "-m", "serving.serve", "serve", "--help"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -990,7 +990,7 @@ def test_bench_models_compares_the_export_and_the_checkpoint(model_dir: Path) ->
 def test_the_load_test_command_line_prints_one_json_line_per_model(
     model_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``python -m course_utils.loadtest bench`` (the command moved out of serve, which no
+    """``python -m serving.loadtest bench`` (the command moved out of serve, which no
     longer imports the benchmark): exit status 0 and a JSON line with the model's numbers."""
     args = ["bench", "--model", str(model_path), "--requests", "20", "--concurrency", "2"]
     assert loadtest.main([*args, "--json"]) == 0

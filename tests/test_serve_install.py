@@ -28,7 +28,7 @@ import torch
 from course_utils.artefacts import save_atomically
 from course_utils.models import FashionCNN
 from course_utils.paths import REPO_ROOT
-from course_utils.upload import encode_png, normalise_array
+from serving.upload import encode_png, normalise_array
 
 REQUIREMENTS = REPO_ROOT / "requirements-serve.txt"
 FORBIDDEN = ("torch", "jupyterlab", "jupyter_book", "matplotlib", "streamlit")
@@ -123,7 +123,7 @@ def test_a_fresh_serving_environment_serves_an_onnx_model(tmp_path: Path) -> Non
         expected = int(model(torch.from_numpy(normalise_array(pixels))).argmax(1))
 
     server = subprocess.Popen(  # from tmp_path: the installed package, not this checkout
-        [str(python), "-m", "course_utils.serve", "serve", "--model", str(model_path)]
+        [str(python), "-m", "serving.serve", "serve", "--model", str(model_path)]
         + ["--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -27,9 +27,9 @@ from course_utils.data import CLASSES, FashionMNISTTensors
 from course_utils.models import FashionCNN
 from course_utils.paths import REPO_ROOT
 from course_utils.pngfolder import write_decompression_bomb
-from course_utils.serve import DEFAULT_MAX_BYTES
 from course_utils.train import save_checkpoint
-from course_utils.upload import encode_png, preprocess_image
+from serving.serve import DEFAULT_MAX_BYTES
+from serving.upload import encode_png, preprocess_image
 
 APP = REPO_ROOT / "apps" / "streamlit_app.py"
 TIMEOUT = 60  # AppTest's default of 3 s is too short for importing torch and loading the data

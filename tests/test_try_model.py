@@ -24,12 +24,12 @@ import torch
 from browser_support import chromium, requires_chromium, serve_directory
 from PIL import Image
 
-from course_utils import upload
 from course_utils.build import web_model
 from course_utils.data import load_tensors
 from course_utils.export import export_onnx
 from course_utils.models import FashionCNN
 from course_utils.paths import REPO_ROOT
+from serving import upload
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [requires_chromium, pytest.mark.browser]  # Chromium

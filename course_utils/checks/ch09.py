@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import inference, serve, upload
+from serving import inference, serve, upload
+
 from ..data import CLASSES, MEAN, STD
 from ..models import FashionCNN
 from ._common import aliases, call, failure, passed, refuse
@@ -137,7 +138,7 @@ def check_preprocess_fn(fn: Callable[[bytes], torch.Tensor]) -> None:
 
     Six uploads of odd sizes and modes (an exact 28×28 PNG, a dark-on-white JPEG, RGBA with
     transparency, a palette PNG, a 16-bit PNG, a 12×90 image) must give a float tensor
-    ``[1, 1, 28, 28]`` within one grey level of :func:`course_utils.serve.preprocess_image`; five
+    ``[1, 1, 28, 28]`` within one grey level of :func:`serving.serve.preprocess_image`; five
     bad ones (empty, text, GIF, truncated PNG and JPEG) must raise ``ValueError``. The package's
     ``preprocess_image``, ``preprocess_array``, ``open_image``, ``decode_image``, ``to_grey`` and
     ``needs_inversion`` are switched off while ``fn`` runs (the framing helpers stay allowed).
@@ -274,7 +275,7 @@ def check_batch_response_fn(
     """Exercise 9.2: ``make_batch_response(model, x, top_k)``, the JSON body for a batch.
 
     ``x`` holds ``n`` images ``[n, 1, 28, 28]``; the answer is ``{"predictions": [body, …]}``,
-    one body per image in order, each what :func:`course_utils.serve.predict_response` gives for
+    one body per image in order, each what :func:`serving.serve.predict_response` gives for
     that image alone. The model (with dropout, handed over in training mode) must run once for
     the whole batch, in eval mode, without gradients, and the result must survive
     ``json.dumps``. ``predict_response`` and ``create_app`` are switched off while ``fn`` runs.

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from .. import serve
+from serving import serve
+
 from ..data import CLASSES
 from ._common import ShortcutRefused, aliases, call, failure, passed, refuse
 from .ch09 import _RESPONSE_SHORTCUTS, _body_problem, _preprocess_cases, _recording_model

@@ -1,4 +1,4 @@
-// The preprocessing of chapter 9's server (course_utils/upload.py), ported step by step so that
+// The preprocessing of chapter 9's server (serving/upload.py), ported step by step so that
 // the browser feeds the model what the server would. Pure functions, no DOM: the page's script
 // and the tests call them. Integer steps follow Pillow's C code (Convert.c, Paste.c,
 // Resample.c), so for the same RGBA pixels the 28×28 result is the server's, byte for byte.

@@ -5,7 +5,7 @@ import * as ort from "../ort/ort.wasm.bundle.min.mjs";
 import { preprocessRGBA, softmax } from "./preprocess.js";
 
 const MODELS = new URL("../../models/", import.meta.url);
-const MAX_PIXELS = 4096 * 4096; // the server's limit (course_utils/upload.py)
+const MAX_PIXELS = 4096 * 4096; // the server's limit (serving/upload.py)
 // Only the .wasm is fetched: the bundle carries its own loader (no ort-wasm-*.mjs needed).
 ort.env.wasm.wasmPaths = { wasm: new URL("../ort/ort-wasm-simd-threaded.wasm", import.meta.url).href };
 ort.env.wasm.numThreads = 1; // threads need cross-origin isolation, which a static site lacks

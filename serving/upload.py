@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from .fashion_mnist import CLASSES, MEAN, STD
+from course_utils.fashion_mnist import CLASSES, MEAN, STD
 
 if TYPE_CHECKING:
     import torch

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artefacts import ModelFileError, verified
-from .fashion_mnist import CLASSES
+from course_utils.artefacts import ModelFileError, verified
+from course_utils.fashion_mnist import CLASSES
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +86,7 @@ def _exported_model(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _checkpoint_model(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from .train import CheckpointError, load_checkpoint
+    from course_utils.train import CheckpointError, load_checkpoint
 
     try:
         model, _ = load_checkpoint(path, map_location="cpu")

@@ -13,10 +13,10 @@ Every model file must have its SHA-256 sidecar (``<file>.sha256``, written by ch
 functions and by ``save_checkpoint``) and match it; otherwise the server refuses to start (exit
 status 2), with a message that says why. So does a port that is already taken.
 
-Loading the model file and building the answer live in :mod:`course_utils.inference`, the form's
-limits in :mod:`course_utils.form_limits`, the upload preprocessing in :mod:`course_utils.upload`
+Loading the model file and building the answer live in :mod:`serving.inference`, the form's
+limits in :mod:`serving.form_limits`, the upload preprocessing in :mod:`serving.upload`
 (NumPy and Pillow only); all are re-exported here. The load benchmark, which starts this server
-in a subprocess, is :mod:`course_utils.loadtest` (``python -m course_utils.loadtest``).
+in a subprocess, is :mod:`serving.loadtest` (``python -m serving.loadtest``).
 
 The API (:func:`create_app`): ``POST /predict`` with a ``multipart/form-data`` field ``file``
 returns ``{"label", "class_index", "probabilities": [{"label", "class_index", "probability"},
@@ -26,7 +26,7 @@ status, never a traceback, and never an echo of the request's body; waitress ans
 itself, in plain text, before the app sees them (see :func:`make_server`). Chapter 9 writes the
 same routes and error handlers in the notebook and checks that both apps answer alike.
 
-Command line (``python -m course_utils.serve``):
+Command line (``python -m serving.serve``):
 
 - ``serve --model FILE [--host 127.0.0.1] [--port 8000]``: run the API under waitress. The host
   defaults to ``127.0.0.1``, this machine only. ``--host 0.0.0.0`` exposes it to every network
@@ -51,7 +51,8 @@ from typing import Any
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .artefacts import ModelFileError
+from course_utils.artefacts import ModelFileError
+
 from .form_limits import MAX_FIELD_BYTES, MAX_FORM_PARTS, FormLimitExceeded, UploadRequest
 from .inference import MODEL_SUFFIXES, load_model, predict_response, response_from_logits
 from .upload import (
@@ -395,7 +396,7 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``serve``); the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m course_utils.serve",
+        prog="python -m serving.serve",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -3,10 +3,10 @@ port, requests from client threads; latency percentiles, throughput, errors and 
 
 - :func:`bench` / :func:`bench_sweep`: one model file, one or several concurrencies;
 - :func:`bench_models`: several model files one after the other, in one run (``python -m
-  course_utils.loadtest bench [--model FILE …] [--requests 2000] [--concurrency 8]``), by
+  serving.loadtest bench [--model FILE …] [--requests 2000] [--concurrency 8]``), by
   default the ONNX export and the state_dict checkpoint of the same weights;
 - :func:`bench_memory`: the server's peak resident memory (Linux's ``VmHWM``) while clients send
-  huge 16-bit PNGs (``python -m course_utils.loadtest bench-memory [--model FILE]``).
+  huge 16-bit PNGs (``python -m serving.loadtest bench-memory [--model FILE]``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .paths import REPO_ROOT
+from course_utils.paths import REPO_ROOT
+
 from .serve import DEFAULT_THREADS
 from .upload import SIZE, encode_png, normalise_array
 
@@ -141,7 +142,7 @@ def _run_load(
 def _bench_images(n: int = 200) -> tuple[list[bytes], np.ndarray]:
     """``n`` Fashion-MNIST test images as PNG bytes and as ``uint8 [n, 28, 28]`` (random images
     if the data is missing)."""
-    from .data import DataUnavailableError, load_tensors
+    from course_utils.data import DataUnavailableError, load_tensors
 
     try:
         images = load_tensors()["test"].images[:n].numpy()
@@ -160,7 +161,7 @@ def _expected(model_path: Path, images: np.ndarray) -> list[int]:
 
 @dataclass
 class ServerProcess:
-    """A running ``python -m course_utils.serve serve``: its URL and process id."""
+    """A running ``python -m serving.serve serve``: its URL and process id."""
 
     url: str
     pid: int
@@ -168,9 +169,9 @@ class ServerProcess:
 
 @contextmanager
 def _server_process(model_path: Path, threads: int, timeout: float = 60) -> Iterator[ServerProcess]:
-    """``python -m course_utils.serve serve`` in a subprocess; yields it, stops it on exit."""
+    """``python -m serving.serve serve`` in a subprocess; yields it, stops it on exit."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "course_utils.serve", "serve", "--model", str(model_path)]
+    cmd = [sys.executable, "-m", "serving.serve", "serve", "--model", str(model_path)]
     proc = subprocess.Popen(
         [*cmd, "--port", "0", "--threads", str(threads)],
         stdout=subprocess.PIPE,
@@ -206,11 +207,11 @@ def default_models(scratch: Path) -> dict[str, Path]:
     """
     import torch
 
-    from .artefacts import sidecar_path
-    from .baseline import BASELINE
-    from .export import export_dir, export_onnx
-    from .models import FashionCNN
-    from .train import checkpoint_path, load_checkpoint, save_checkpoint
+    from course_utils.artefacts import sidecar_path
+    from course_utils.baseline import BASELINE
+    from course_utils.export import export_dir, export_onnx
+    from course_utils.models import FashionCNN
+    from course_utils.train import checkpoint_path, load_checkpoint, save_checkpoint
 
     for quick in (False, True):
         checkpoint = checkpoint_path(BASELINE, quick=quick)
@@ -407,7 +408,7 @@ def bench_memory(
 ) -> MemoryReport:
     """Peak server memory while ``clients`` send ``n_requests`` ``side × side`` 16-bit PNGs.
 
-    The server runs as ``python -m course_utils.serve serve`` in a subprocess; its peak resident
+    The server runs as ``python -m serving.serve serve`` in a subprocess; its peak resident
     set size is Linux's ``VmHWM`` after the load. Each answer's status is counted (200, or a
     4xx/503 if the server refuses the image); ``server_errors`` counts 500s and failed requests.
     Without ``model_path``: the ONNX export of chapter 1's weights.
@@ -458,9 +459,9 @@ def bench_memory(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m course_utils.loadtest bench|bench-memory``; the exit status (1: errors)."""
+    """``python -m serving.loadtest bench|bench-memory``; the exit status (1: errors)."""
     parser = argparse.ArgumentParser(
-        prog="python -m course_utils.loadtest",
+        prog="python -m serving.loadtest",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
