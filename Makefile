@@ -23,10 +23,10 @@ help:
 	@echo "              (no venv needed; without papermill the notebooks run in process)"
 	@echo "make vendor-ort - re-vendor ONNX Runtime Web (npm) into book/_static/ort/ for the Try-the-model page"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 data: $(STAMP)

@@ -1,5 +1,6 @@
-"""The Binder configuration (``binder/``): it parses, installs the course, fetches the data, and
-names exactly the pins of ``pyproject.toml``."""
+"""The pins: ``constraints.txt`` (the one tested set) lies within ``pyproject.toml``'s bounds, and
+the Binder configuration (``binder/``) parses, names exactly those pins for what a learner's
+notebooks run, installs the course and fetches the data."""
 
 from __future__ import annotations
 
@@ -27,10 +28,52 @@ def project() -> dict:
     return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 
 
-def pyproject_pins() -> dict[str, Requirement]:
-    """The runtime dependencies of ``pyproject.toml``, by canonical name."""
-    reqs = [Requirement(line) for line in project()["dependencies"]]
-    return {canonicalize_name(req.name): req for req in reqs}
+def name_of(requirement: str) -> str:
+    """The canonical project name of a requirement string (``"course_utils[serve]"`` too)."""
+    return canonicalize_name(Requirement(requirement).name)
+
+
+def bounds(*extras: str) -> dict[str, Requirement]:
+    """``pyproject.toml``'s core dependencies and those of ``extras``, by canonical name (the
+    course's own extras, ``course_utils[...]``, left out)."""
+    lines = project()["dependencies"] + [
+        dep for extra in extras for dep in project()["optional-dependencies"][extra]
+    ]
+    return {name_of(d): Requirement(d) for d in lines if name_of(d) != "course-utils"}
+
+
+def constraints() -> dict[str, Version]:
+    """``constraints.txt``: ``name==version`` per line, by canonical name."""
+    pins: dict[str, Version] = {}
+    for raw in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin (name==version)"
+            pins[canonicalize_name(name)] = Version(version)
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_its_bounds() -> None:
+    """Every direct dependency of the core and of every extra has one exact pin, inside
+    ``pyproject.toml``'s bounds, and nothing else is pinned."""
+    extras = list(project()["optional-dependencies"])
+    wanted, pins = bounds(*extras), constraints()
+    assert sorted(pins) == sorted(wanted), (
+        f"not pinned: {sorted(set(wanted) - set(pins))}; "
+        f"pinned but not a dependency: {sorted(set(pins) - set(wanted))}"
+    )
+    for name, version in pins.items():
+        assert wanted[name].specifier.contains(version, prereleases=True), (
+            f"{name}=={version} is outside pyproject.toml's {wanted[name].specifier}"
+        )
+
+
+def test_the_learner_extras_leave_out_the_book_and_the_server() -> None:
+    """What a notebook's setup cell installs (the core and ``chapters``) pulls no book build,
+    notebook runner, JupyterLab or server: Colab runs notebooks, it builds no book."""
+    heavy = {"jupyter-book", "papermill", "jupyterlab", "streamlit", "flask", "nbval"}
+    assert not heavy & set(bounds("chapters")), sorted(heavy & set(bounds("chapters")))
 
 
 def requirements_file() -> tuple[list[str], dict[str, Requirement]]:
@@ -61,20 +104,21 @@ def public_specifier(spec: SpecifierSet) -> SpecifierSet:
     return SpecifierSet(",".join(parts))
 
 
-def test_requirements_name_the_pyproject_pins() -> None:
-    """Every runtime dependency is listed, nothing else, each with pyproject.toml's specifier."""
+def test_requirements_name_the_constraints_pins() -> None:
+    """Binder installs what the notebooks run (the core, ``chapters``, ``serve``) and JupyterLab,
+    each at ``constraints.txt``'s exact version, and nothing else."""
     options, binder = requirements_file()
-    pins = pyproject_pins()
-    assert sorted(binder) == sorted(pins), (
-        f"missing in binder/: {sorted(set(pins) - set(binder))}; "
-        f"not in pyproject.toml: {sorted(set(binder) - set(pins))}"
+    wanted = {*bounds("chapters", "serve"), "jupyterlab"}
+    pins = constraints()
+    assert sorted(binder) == sorted(wanted), (
+        f"missing in binder/: {sorted(wanted - set(binder))}; "
+        f"not a notebook dependency: {sorted(set(binder) - wanted)}"
     )
     for name, req in binder.items():
-        assert public_specifier(req.specifier) == pins[name].specifier, (
+        assert public_specifier(req.specifier) == SpecifierSet(f"=={pins[name]}"), (
             f"{name}: binder/requirements.txt says {req.specifier}, "
-            f"pyproject.toml says {pins[name].specifier}"
+            f"constraints.txt says =={pins[name]}"
         )
-        assert not req.extras or req.extras == pins[name].extras, name
 
 
 def test_torch_comes_as_cpu_wheels_of_the_exact_pins() -> None:

@@ -1,29 +1,32 @@
 """The Colab/Binder setup cell (``course_utils.build.setup_cell``): every notebook carries the
-current one, it installs from the archive ``_config.yml`` names, and, run in a fresh virtual
-environment without the course, it installs the course so that ``import course_utils`` and the
-data work in the same process.
+current one (at most 10 lines), it installs from the archive ``_config.yml`` names, and, in a fresh
+virtual environment that holds only what the core and the ``chapters`` extra need, chapter 1's own
+cell installs the course and the whole chapter runs there.
 
-The fresh-environment test costs about 10 s: a wheel built from a copy of the package (no build
-isolation, so no download), a ``venv --without-pip`` that sees ``.venv``'s third-party packages
-through a ``.pth`` file (torch is not reinstalled), ``PIP_NO_INDEX=1`` (nothing is downloaded),
-and data files that are only verified.
+The fresh-environment test costs about a minute and a half (chapter 1 in quick mode): a wheel
+built from a copy of the package (no build isolation, no download), a ``venv --without-pip`` that
+sees, through a ``.pth`` file, only the distributions of ``.venv`` that the core and ``chapters``
+require (and pip), ``PIP_NO_INDEX=1`` (nothing is downloaded: a requirement outside that set, such
+as jupyter-book or Flask, makes the install fail), and data files that are only verified.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
+from importlib import metadata
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from course_utils.build import setup_cell
 from course_utils.build.exercises import make_exercise
@@ -40,23 +43,30 @@ def _cell(path: Path) -> nbformat.NotebookNode:
 
 def test_every_notebook_carries_the_current_cell() -> None:
     """Chapters, solutions and exercises: the current cell right after the title, tagged
-    remove-cell, with the "nothing to set up" output stored in solutions/ only."""
+    remove-cell, with no stored output (it prints nothing where the course is installed)."""
     found = setup_cell.notebooks()
     folders = {p.parent.name for p in found}
     assert folders == {"notebooks", "solutions", "exercises"} and len(found) >= 30
     assert setup_cell.check() == [], "run: python -m course_utils.build.setup_cell sync"
 
 
+def test_the_cell_is_ten_lines_of_one_pip_install() -> None:
+    """At most 10 lines; one ``%pip install`` of the course with the ``chapters`` extra only."""
+    source = setup_cell.cell_source()
+    assert len(source.splitlines()) <= 10, source
+    installs = [line.strip() for line in source.splitlines() if "pip install" in line]
+    assert installs == ['%pip install --quiet "course_utils[chapters] @ {source}"'], installs
+
+
 def test_baked_source_is_the_archive_of_config_repository() -> None:
-    """The URL baked into the cell is ``<repository.url>/archive/refs/heads/<branch>.zip`` of
+    """The URL baked into the cell is ``<repository.url>/archive/<branch>.zip`` of
     ``_config.yml`` (read here independently), and the override is COURSE_INSTALL_SOURCE."""
     config = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["repository"]
-    expected = f"{config['url'].rstrip('/')}/archive/refs/heads/{config['branch']}.zip"
     source = _cell(CHAPTER).source
-    repository = re.search(r'^    repository = "(.+)"$', source, re.M)[1]
-    archive = re.search(r'^    archive = f"(.+)"$', source, re.M)[1]
-    assert archive.replace("{repository}", repository) == expected
-    assert 'os.environ.get("COURSE_INSTALL_SOURCE", archive)' in source
+    repo = re.search(r'^    repo = "(.+)"$', source, re.M)[1]
+    assert repo == config["url"].rstrip("/")
+    default = f'f"{{repo}}/archive/{config["branch"]}.zip"'
+    assert f'os.environ.get("COURSE_INSTALL_SOURCE", {default})' in source
     assert setup_cell.ENV_VAR == "COURSE_INSTALL_SOURCE"
 
 
@@ -65,8 +75,8 @@ def test_generator_carries_the_cell_verbatim() -> None:
     solution = REPO_ROOT / "solutions" / "01_baseline_cnn_solutions.ipynb"
     exercise = make_exercise(nbformat.read(solution, as_version=4))
     cell = next(c for c in exercise.cells if c.get("id") == setup_cell.CELL_ID)
-    assert cell.source == setup_cell.cell_source() and cell.metadata.tags == setup_cell.TAGS
-    assert cell.outputs == []
+    assert cell.source == setup_cell.cell_source()
+    assert cell.metadata.tags == setup_cell.METADATA["tags"] and cell.outputs == []
 
 
 def _repo_copy(tmp_path: Path, url: str) -> Path:
@@ -84,58 +94,63 @@ def _repo_copy(tmp_path: Path, url: str) -> Path:
 
 
 def test_sync_is_idempotent_and_check_sees_a_new_url(tmp_path: Path) -> None:
-    """sync inserts the cell after the title (output in the solution only), a second sync
-    changes nothing, and a changed repository.url makes check fail until the next sync."""
+    """sync inserts the cell after the title, a second sync changes nothing, a stored output
+    or a changed repository.url makes check fail until the next sync."""
     root = _repo_copy(tmp_path, "https://example.org/me/course")
     assert len(setup_cell.check(root)) == 2
     assert len(setup_cell.sync(root)) == 2
     assert setup_cell.sync(root) == [] and setup_cell.check(root) == []
-    chapter = nbformat.read(root / "notebooks/01_baseline_cnn.ipynb", as_version=4)
+    chapter_path = root / "notebooks/01_baseline_cnn.ipynb"
+    chapter = nbformat.read(chapter_path, as_version=4)
     assert chapter.cells[0].cell_type == "markdown" and chapter.cells[1].id == "course-setup"
-    assert 'repository = "https://example.org/me/course"' in chapter.cells[1].source
-    assert chapter.cells[1].outputs == []
-    solution = _cell(root / "solutions/01_baseline_cnn_solutions.ipynb")
-    assert [o["text"] for o in solution.outputs] == [setup_cell.NOTHING_TO_DO + "\n"]
+    assert 'repo = "https://example.org/me/course"' in chapter.cells[1].source
+    chapter.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="hi\n")]
+    nbformat.write(chapter, chapter_path)
+    assert [p.split(":")[0] for p in setup_cell.check(root)] == ["notebooks/01_baseline_cnn.ipynb"]
     config = root / "_config.yml"
     config.write_text(config.read_text().replace("example.org/me", "example.org/fork"))
     assert all("not the current one" in p for p in setup_cell.check(root))
     assert len(setup_cell.sync(root)) == 2 and setup_cell.check(root) == []
 
 
-# --- the cell itself, run in a fresh virtual environment without the course -------------------
+# --- the cell itself: chapter 1 in a fresh venv with only the learner's packages -------------
 
-RUNNER = """
-import contextlib, importlib.util, io, json, os, sys
-assert importlib.util.find_spec("course_utils") is None, "the fresh venv already has the course"
-source = json.load(open(sys.argv[1]))["source"]
-exec(compile(source, "setup-cell", "exec"), {"__name__": "__main__"})
-fetched = os.path.exists("data/FashionMNIST/raw/t10k-labels-idx1-ubyte")
-import course_utils, course_utils.build.results, course_utils.checks.ch01, course_utils.data
-root = course_utils.data.ensure_fashion_mnist(download=False, debian_dir=sys.argv[2])
-again = io.StringIO()
-with contextlib.redirect_stdout(again):
-    exec(compile(source, "setup-cell", "exec"), {"__name__": "__main__"})
-print("RESULT " + json.dumps({
-    "file": course_utils.__file__,
-    "repo_root": str(course_utils.paths.REPO_ROOT),
-    "data_root": str(root),
-    "again": again.getvalue(),
-    "fetched": fetched,
-}))
-"""
+#: What the learner extras must not pull (the book build, the notebook runners, the server).
+NOT_FOR_LEARNERS = ("jupyter_book", "papermill", "jupyterlab", "streamlit", "flask", "nbval")
 
 
-def _view_of(site_packages: Path, view: Path) -> Path:
-    """A folder of links to every entry of ``site_packages`` except the course's own install
-    (its dist-info and editable-install hooks), so a fresh venv sees torch & co, not the course."""
+def learner_closure(extras: tuple[str, ...] = ("chapters",)) -> set[str]:
+    """The canonical names of the distributions that the course's core and ``extras`` need,
+    following ``.venv``'s installed metadata transitively (markers evaluated), plus pip."""
+    wanted, todo = {"pip"}, [("course-utils", frozenset(extras))]
+    while todo:
+        name, chosen = todo.pop()
+        for line in metadata.distribution(name).requires or []:
+            req = Requirement(line)
+            envs = [{"extra": e} for e in chosen] or [{"extra": ""}]
+            if req.marker is not None and not any(req.marker.evaluate(e) for e in envs):
+                continue
+            dep = canonicalize_name(req.name)
+            if dep == "course-utils":
+                todo.append((dep, frozenset(req.extras)))
+            elif dep not in wanted:
+                wanted.add(dep)
+                todo.append((dep, frozenset(req.extras)))
+    return wanted
+
+
+def _view_of(names: set[str], view: Path) -> Path:
+    """A folder of links to the top-level entries (packages, modules, dist-info) of the
+    distributions ``names`` in ``.venv``'s site-packages, and to nothing else."""
+    site = Path(sysconfig.get_path("purelib"))
     view.mkdir()
-    for entry in site_packages.iterdir():
-        name = entry.name.lower()
-        if name.startswith(("course_utils", "__editable__", "_course_utils")) or name.endswith(
-            ".pth"
-        ):
+    for dist in metadata.distributions():
+        if canonicalize_name(dist.metadata["Name"] or "") not in names:
             continue
-        (view / entry.name).symlink_to(entry)
+        tops = {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
+        for top in tops - {"__pycache__"}:
+            if (site / top).exists() and not (view / top).exists():
+                (view / top).symlink_to(site / top)
     return view
 
 
@@ -145,11 +160,9 @@ def _wheel(tmp_path: Path) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO_ROOT / name, src / name)
-    shutil.copytree(
-        REPO_ROOT / "course_utils",
-        src / "course_utils",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for package in ("course_utils", "serving"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO_ROOT / package, src / package, ignore=ignore)
     out = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
@@ -159,74 +172,83 @@ def _wheel(tmp_path: Path) -> Path:
     return next(out.glob("course_utils-*.whl"))
 
 
-def run_setup_cell(tmp_path: Path, source: str, install_source: str) -> subprocess.CompletedProcess:
-    """Run the cell ``source`` in a fresh venv whose only packages are links to ``.venv``'s
-    third-party ones, from a working folder whose ``data/`` holds the verified data (links, and
-    one small file gzipped), then import the course and run the cell again."""
+def _fresh_venv(tmp_path: Path, names: set[str]) -> Path:
+    """A ``venv --without-pip`` that sees only the distributions ``names``; its python."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    fresh_site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    view = _view_of(Path(sysconfig.get_path("purelib")), tmp_path / "view")
-    (Path(fresh_site) / "course_view.pth").write_text(f"{view}\n")
+    code = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    fresh_site = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True)
+    view = _view_of(names, tmp_path / "view")
+    (Path(fresh_site.stdout.strip()) / "course_view.pth").write_text(f"{view}\n")
+    return python
 
-    work = tmp_path / "work"  # the notebook's folder, as in Colab's /content
+
+def _work_folder(tmp_path: Path) -> Path:
+    """The notebook's folder (Colab's /content): ``data/`` holds the verified data (links, and
+    one small file only gzipped, which the chapter's own data call unpacks)."""
+    work = tmp_path / "work"
     raw = work / "data" / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     ours = ensure_fashion_mnist(download=False) / "FashionMNIST" / "raw"
-    for name in SHA256:  # all verified, but one only as .gz: the cell's data step unpacks it
+    for name in SHA256:
         if name == "t10k-labels-idx1-ubyte":
             (raw / f"{name}.gz").write_bytes(gzip.compress((ours / name).read_bytes()))
         else:
             (raw / name).symlink_to(ours / name)
-    cell = tmp_path / "cell.json"
-    cell.write_text(json.dumps({"source": source}))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.pop("COURSE_DATA_DIR", None)
-    env |= {
-        "COURSE_INSTALL_SOURCE": install_source,
-        "PIP_NO_INDEX": "1",  # nothing may be downloaded: torch & co are already there
-        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-    }
-    no_debian = tmp_path / "no-debian"  # the data must come from data/, not /usr/share
-    return subprocess.run(
-        [python, "-c", RUNNER, str(cell), str(no_debian)],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return work
 
 
 @pytest.mark.slow
-def test_setup_cell_installs_the_course_in_a_fresh_venv(tmp_path: Path) -> None:
-    """A chapter's own setup cell, run where the course is missing, installs it from
-    COURSE_INSTALL_SOURCE (a wheel of this checkout) into the fresh venv, keeps torch, puts the
-    data next to the notebook, and says so in one line; run again, it does nothing."""
+def test_chapter_1_runs_in_a_fresh_venv_with_the_learner_extras(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chapter 1 in quick mode, in a kernel of a fresh venv that holds only what the core and
+    ``chapters`` need: its setup cell installs the course from COURSE_INSTALL_SOURCE (a wheel of
+    this checkout) with no index, keeping torch, and every cell runs. Afterwards the venv has the
+    course and none of jupyter-book, papermill, JupyterLab, Streamlit, Flask or nbval."""
+    import papermill
+
+    names = learner_closure()
+    leaked = {canonicalize_name(m) for m in NOT_FOR_LEARNERS} & names
+    assert not leaked, f"the learner extras need {sorted(leaked)}"
+    python = _fresh_venv(tmp_path, names)
     wheel = _wheel(tmp_path)
-    done = run_setup_cell(tmp_path, _cell(CHAPTER).source, str(wheel))
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
-    result = json.loads(next(x for x in lines if x.startswith("RESULT "))[len("RESULT ") :])
-    said = [x for x in lines if not x.startswith("RESULT ")]
-    work = tmp_path / "work"
-    assert said == [
-        f"Installed course_utils from {wheel} (+0 packages, torch "
-        f"{_torch_version()}); data in {work / 'data'}"
-    ]
-    assert Path(result["file"]).is_relative_to(tmp_path / "venv"), result["file"]
-    assert result["repo_root"] == str(work) and result["data_root"] == str(work / "data")
-    assert result["fetched"], "the cell did not fetch the data"
-    assert result["again"] == setup_cell.NOTHING_TO_DO + "\n"
+    work = _work_folder(tmp_path)
+    kernel = tmp_path / "jupyter" / "kernels" / "fresh"
+    kernel.mkdir(parents=True)
+    argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec = {"argv": argv, "display_name": "fresh venv", "language": "python"}
+    (kernel / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    for name in ("PYTHONPATH", "VIRTUAL_ENV", "COURSE_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COURSE_INSTALL_SOURCE", wheel.as_uri())
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # nothing is downloaded: torch & co are there
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
 
-
-def _torch_version() -> str:
-    from importlib.metadata import version
-
-    return version("torch")
+    papermill.execute_notebook(
+        str(CHAPTER),
+        str(tmp_path / "ran.ipynb"),
+        parameters={"QUICK": True},
+        kernel_name="fresh",
+        cwd=str(work),
+        progress_bar=False,
+    )
+    probe = (
+        "import importlib.util as u, json, course_utils, torch; print(json.dumps("
+        "[course_utils.__file__, torch.__file__, "
+        f"[m for m in {NOT_FOR_LEARNERS!r} if u.find_spec(m)]]))"
+    )
+    found = subprocess.run(
+        [python, "-c", probe], cwd=work, capture_output=True, text=True, check=True
+    )
+    course, torch_file, heavy = json.loads(found.stdout)
+    assert Path(course).is_relative_to(tmp_path / "venv"), course
+    assert Path(torch_file).is_relative_to(tmp_path / "view"), (
+        f"torch was reinstalled: {torch_file}"
+    )
+    assert heavy == [], f"the learner install has {heavy}"
+    ran = nbformat.read(tmp_path / "ran.ipynb", as_version=4)
+    setup = next(c for c in ran.cells if c.get("id") == setup_cell.CELL_ID)
+    assert setup.outputs, "the setup cell printed nothing: did it install anything?"

@@ -1,35 +1,23 @@
 """The setup cell at the top of every chapter, solution and exercise notebook: one source, synced.
 
 Colab (and any Jupyter without the course) opens a notebook from the repository with nothing of
-the course installed. The cell below, placed right after each notebook's title and hidden from
-the book (``remove-cell``), does nothing where ``import course_utils`` works; elsewhere it
-
-1. installs the course from the repository's archive (``repository.url`` + ``repository.branch``
-   of ``_config.yml``, baked into the cell here because Colab has no ``_config.yml``), or from
-   ``$COURSE_INSTALL_SOURCE`` (a folder, a wheel or another URL), without its dependencies;
-2. adds the dependencies that are not installed at all. Installed ones are kept as they are, and
-   torch/torchvision are held at their installed versions while the others are added, so Colab's
-   own torch build stays and nothing of several GB is downloaded;
-3. fetches and verifies Fashion-MNIST (``python -m course_utils.data``) into ``data/`` next to
-   the notebook (see :mod:`course_utils.paths`);
-4. prints one line saying what it did; ``import course_utils`` then works in the same kernel.
-
-Its code is one function, called and deleted, so it leaves no name behind in the notebook (a
-chapter that forgets an import still fails where it should).
+the course installed. The cell, right after each notebook's title and hidden from the book
+(``remove-cell``), does nothing where ``import course_utils`` works; elsewhere it runs one
+``%pip install`` of the course's archive on GitHub (``repository.url`` + ``branch`` of ``_config.yml``,
+baked in because Colab has no ``_config.yml``) with the ``chapters`` extra: what the chapters run,
+no book build, no server. pip keeps an installed torch that fits the bounds (Colab's own build).
+The data needs no step of its own: each chapter's first data call fetches and verifies it.
 
 Usage::
 
     python -m course_utils.build.setup_cell sync    # insert or update the cell everywhere
     python -m course_utils.build.setup_cell check   # exit 1, naming each notebook that is stale
-
-``sync`` is idempotent and touches nothing but the setup cell, so it can be re-run at any time.
-Solution notebooks store the cell's output (strict nbval compares it): the "nothing to set up"
-line, which is what the cell prints wherever the course is installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -40,93 +28,30 @@ from nbformat import NotebookNode
 from ..paths import REPO_ROOT
 from .exercises import render
 
-__all__ = [
-    "CELL_ID",
-    "ENV_VAR",
-    "METADATA",
-    "NOTHING_TO_DO",
-    "TAGS",
-    "archive_url",
-    "cell_source",
-    "check",
-    "notebooks",
-    "repository",
-    "sync",
-]
+__all__ = ["CELL_ID", "ENV_VAR", "METADATA", "cell_source", "check", "notebooks", "sync"]
 
 CELL_ID = "course-setup"
-TAGS = ["remove-cell"]
 # Folded where the learner works: JupyterLab collapses the code (``jupyter.source_hidden``) and
 # Colab shows the ``@title`` line as a form (``cellView``); one click opens it.
-METADATA = {"tags": TAGS, "jupyter": {"source_hidden": True}, "cellView": "form"}
+METADATA = {"tags": ["remove-cell"], "jupyter": {"source_hidden": True}, "cellView": "form"}
 ENV_VAR = "COURSE_INSTALL_SOURCE"
-NOTHING_TO_DO = "course_utils is installed: nothing to set up."
 FOLDERS = {  # folder → glob of the notebooks that carry the cell
     "notebooks": "[0-9][0-9]_*.ipynb",
     "solutions": "*_solutions.ipynb",
     "exercises": "*_exercises.ipynb",
 }
 
-TEMPLATE = r'''
-# @title Course setup (Colab, Binder): does nothing where course_utils imports
-# Setup for Colab, Binder or any Jupyter without the course: installs the course's
-# package, course_utils, and fetches Fashion-MNIST. Does nothing where it imports.
-# To install from elsewhere, set COURSE_INSTALL_SOURCE (a folder, a wheel or a URL).
-def _setup_course() -> None:
-    import importlib
+TEMPLATE = """\
+# @title Course setup (Colab, Binder): installs the course where it is missing,
+# with what the chapters run (`[chapters]`); an installed torch that fits is kept.
+try:
+    import course_utils  # noqa: F401
+except ModuleNotFoundError:
     import os
-    import re
-    import subprocess
-    import sys
-    from importlib import metadata
 
-    repository = "<REPOSITORY>"
-    archive = f"{repository}/archive/refs/heads/<BRANCH>.zip"
-    source = os.environ.get("COURSE_INSTALL_SOURCE", archive)
-    try:
-        import course_utils  # noqa: F401
-
-        print("course_utils is installed: nothing to set up.")
-        return
-    except ImportError:
-        pass
-
-    def run(*command: str) -> None:
-        """Run a command quietly; if it fails, stop with what it printed."""
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(
-                f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}"
-            )
-
-    def name(requirement: str) -> str:
-        """The package a requirement names: "Scikit_Learn>=1.4" -> "scikit-learn"."""
-        return re.sub(r"[-_.]+", "-", re.match(r"[\w.-]*", requirement)[0]).lower()
-
-    # The course without its dependencies, then those not installed at all: what the
-    # machine has is kept, torch/torchvision at their versions (no download of GBs).
-    have = {name(d.metadata["Name"] or "") for d in metadata.distributions()}
-    pip = [sys.executable, "-m", "pip", "install"]
-    run(*pip, "--no-deps", source)
-    importlib.invalidate_caches()
-    needs = [r for r in metadata.requires("course_utils") if "extra ==" not in r]
-    add = [r for r in needs if name(r) not in have]
-    held = [f"{n}=={metadata.version(n)}" for n in have & {"torch", "torchvision"}]
-    if add:
-        run(*pip, *add, *held)
-    run(sys.executable, "-m", "course_utils.data")
-    importlib.invalidate_caches()
-    from course_utils.data import default_data_dir
-
-    print(
-        f"Installed course_utils from {source} (+{len(add)} packages, torch "
-        f"{metadata.version('torch')}); data in {default_data_dir()}"
-    )
-
-
-_setup_course()
-del _setup_course
-'''.strip()
+    repo = "<REPOSITORY>"
+    source = os.environ.get("COURSE_INSTALL_SOURCE", f"{repo}/archive/<BRANCH>.zip")
+    %pip install --quiet "course_utils[chapters] @ {source}\""""
 """The cell's code; ``<REPOSITORY>`` and ``<BRANCH>`` are filled in from ``_config.yml``."""
 
 
@@ -140,13 +65,8 @@ def repository(root: Path | None = None) -> tuple[str, str]:
     return url, branch
 
 
-def archive_url(url: str, branch: str) -> str:
-    """The archive of ``branch`` that ``pip install`` accepts (GitHub's URL scheme)."""
-    return f"{url}/archive/refs/heads/{branch}.zip"
-
-
 def cell_source(root: Path | None = None) -> str:
-    """The setup cell's code, with the repository and branch of ``_config.yml`` baked in."""
+    """The setup cell's code, with the archive of ``_config.yml``'s repository baked in."""
     url, branch = repository(root)
     return TEMPLATE.replace("<REPOSITORY>", url).replace("<BRANCH>", branch)
 
@@ -162,52 +82,25 @@ def _position(nb: NotebookNode) -> int:
     return 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
 
 
-def _outputs(path: Path) -> list[NotebookNode]:
-    """What the cell's stored outputs must be: the "nothing to set up" line in solutions/ (their
-    outputs are strict nbval's reference), none elsewhere (those are stored without outputs)."""
-    if path.parent.name != "solutions":
-        return []
-    return [nbformat.v4.new_output("stream", name="stdout", text=NOTHING_TO_DO + "\n")]
-
-
-def _plain(outputs: list) -> list[tuple[str, str, str]]:
-    return [(o.get("output_type"), o.get("name", ""), "".join(o.get("text", ""))) for o in outputs]
-
-
-def _cell(source: str, outputs: list[NotebookNode], old: NotebookNode | None) -> NotebookNode:
-    """The current cell; an old one whose source, tags and outputs match is kept as it is (its
-    execution count included), so that ``sync`` changes nothing that is already right."""
-    if (
-        old is not None
-        and old.source == source
-        and dict(old.metadata) == METADATA
-        and _plain(old.get("outputs", [])) == _plain(outputs)
-        and (old.get("execution_count") is not None) == bool(outputs)
-    ):
-        return old
-    metadata = {**METADATA, "tags": list(TAGS), "jupyter": dict(METADATA["jupyter"])}
-    cell = nbformat.v4.new_code_cell(source, metadata=metadata, id=CELL_ID)
-    cell.outputs = outputs
-    if outputs:  # a stored output comes from a run: solutions/ are stored executed
-        cell.execution_count = 1
-    return cell
+def _is_current(cell: NotebookNode, source: str) -> bool:
+    return (
+        cell.source == source
+        and dict(cell.metadata) == METADATA
+        and not cell.get("outputs")
+        and cell.get("execution_count") is None
+    )
 
 
 def _problem(path: Path, source: str) -> str | None:
     """Why ``path`` does not carry the current cell where it belongs, or ``None``."""
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     at = _position(nb)
-    cell = nb.cells[at] if len(nb.cells) > at else None
-    if cell is None or cell.get("id") != CELL_ID:
+    if len(nb.cells) <= at or nb.cells[at].get("id") != CELL_ID:
         return "no setup cell right after the title"
-    if cell.source != source:
-        return "the setup cell's code is not the current one"
-    if dict(cell.metadata) != METADATA:
-        return f"the setup cell's metadata is {dict(cell.metadata)}, not {METADATA}"
-    if _plain(cell.get("outputs", [])) != _plain(_outputs(path)):
-        return "the setup cell's stored output is not the expected one"
     if sum(c.get("id") == CELL_ID for c in nb.cells) != 1:
         return "more than one setup cell"
+    if not _is_current(nb.cells[at], source):
+        return "the setup cell is not the current one (code, metadata, or a stored output)"
     return None
 
 
@@ -221,7 +114,9 @@ def sync(root: Path | None = None) -> list[Path]:
         nb = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
         old = next((c for c in nb.cells if c.get("id") == CELL_ID), None)
         nb.cells = [c for c in nb.cells if c.get("id") != CELL_ID]
-        nb.cells.insert(_position(nb), _cell(source, _outputs(path), old))
+        if old is None or not _is_current(old, source):
+            old = nbformat.v4.new_code_cell(source, metadata=copy.deepcopy(METADATA), id=CELL_ID)
+        nb.cells.insert(_position(nb), old)
         new = render(nb)
         if new != text:
             path.write_text(new, encoding="utf-8")
