@@ -59,7 +59,7 @@ solutions: $(STAMP) data
 	$(PY) -m course_utils.exercises execute
 
 grade: $(STAMP) data
-	$(PY) -m course_utils.grade
+	$(PY) -m course_utils.build.grade
 
 bench: $(STAMP) data
 	$(PY) -m course_utils.build.bench

@@ -13,7 +13,6 @@ tables (one row per run and epoch, one row per run and step) that the other help
   "beyond seed noise" only when the interval excludes 0 (:func:`false_positive_rate` simulates
   how often that is said of two equal variants);
 - :func:`epochs_to`: the first epoch at which each run reached a threshold (measured, not guessed);
-- :func:`plot_curves`: the mean over seeds as a line, the min–max range over seeds shaded.
 """
 
 from __future__ import annotations
@@ -25,12 +24,9 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from scipy import stats
 from torch import nn
 
@@ -48,7 +44,6 @@ __all__ = [
     "false_positive_rate",
     "format_summary",
     "paired_comparison",
-    "plot_curves",
     "rejection_rate",
     "run_experiment",
     "summarize",
@@ -490,62 +485,3 @@ def epochs_to(
     out = out.sort_values([by, "seed"]).reset_index(drop=True)
     out[by] = out[by].astype(str)
     return out
-
-
-def plot_curves(
-    frame: pd.DataFrame,
-    metric: str,
-    *,
-    x: str = "epoch",
-    by: str = "variant",
-    ax: Axes | None = None,
-    title: str | None = None,
-    ylabel: str | None = None,
-    smooth: int = 1,
-    linestyle: str = "-",
-    colors: Mapping[str, str] | None = None,
-    label_suffix: str = "",
-) -> Figure:
-    """Mean of ``metric`` over seeds against ``x``, with the min–max range over seeds shaded.
-
-    Args:
-        frame: a tidy table with columns ``by``, ``seed``, ``x`` and ``metric``.
-        metric: the column to plot.
-        x: the column for the horizontal axis (``"epoch"`` or ``"step"``).
-        by: one line per value of this column.
-        ax: draw into this axes (default: a new figure).
-        title: axes title (default: the metric's name).
-        ylabel: y-axis label (default: the metric's name).
-        smooth: moving-average window applied per run before averaging (for noisy step losses).
-        linestyle: line style (e.g. ``"--"`` to overlay training curves).
-        colors: a colour per group (default: matplotlib's cycle in order of appearance).
-        label_suffix: appended to each legend entry.
-    """
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-    else:
-        fig = ax.figure
-    for i, (group, part) in enumerate(frame.groupby(by, sort=False)):
-        wide = part.pivot_table(index=x, columns="seed", values=metric)
-        if smooth > 1:
-            wide = wide.rolling(smooth, min_periods=1).mean()
-        color = (colors or {}).get(group, f"C{i}")
-        n = wide.shape[1]
-        ax.plot(
-            wide.index,
-            wide.mean(axis=1),
-            linestyle,
-            color=color,
-            marker="o" if x == "epoch" and len(wide) <= 30 else None,
-            ms=3,
-            label=f"{group}{label_suffix} (n={n})",
-        )
-        ax.fill_between(
-            wide.index, wide.min(axis=1), wide.max(axis=1), color=color, alpha=0.2, lw=0
-        )
-    ax.set(xlabel=x, ylabel=ylabel or metric, title=title or metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if x == "epoch":
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    return fig

@@ -12,8 +12,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 from IPython.display import Code
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
@@ -22,6 +24,7 @@ from .data import CLASSES, MEAN, STD
 __all__ = [
     "display_image",
     "plot_confusion_matrix",
+    "plot_curves",
     "plot_history",
     "plot_misclassified",
     "show_images",
@@ -152,3 +155,62 @@ def plot_misclassified(
     wrong = torch.nonzero(torch.as_tensor(y_true) != torch.as_tensor(y_pred)).flatten()[:n]
     titles = [f"{classes[y_true[i]]}\n→ {classes[y_pred[i]]}" for i in wrong.tolist()]
     return show_images(images[wrong], titles, title=title, title_colors=["firebrick"] * len(wrong))
+
+
+def plot_curves(
+    frame: pd.DataFrame,
+    metric: str,
+    *,
+    x: str = "epoch",
+    by: str = "variant",
+    ax: Axes | None = None,
+    title: str | None = None,
+    ylabel: str | None = None,
+    smooth: int = 1,
+    linestyle: str = "-",
+    colors: Mapping[str, str] | None = None,
+    label_suffix: str = "",
+) -> Figure:
+    """Mean of ``metric`` over seeds against ``x``, with the min–max range over seeds shaded.
+
+    Args:
+        frame: a tidy table with columns ``by``, ``seed``, ``x`` and ``metric``.
+        metric: the column to plot.
+        x: the column for the horizontal axis (``"epoch"`` or ``"step"``).
+        by: one line per value of this column.
+        ax: draw into this axes (default: a new figure).
+        title: axes title (default: the metric's name).
+        ylabel: y-axis label (default: the metric's name).
+        smooth: moving-average window applied per run before averaging (for noisy step losses).
+        linestyle: line style (e.g. ``"--"`` to overlay training curves).
+        colors: a colour per group (default: matplotlib's cycle in order of appearance).
+        label_suffix: appended to each legend entry.
+    """
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+    else:
+        fig = ax.figure
+    for i, (group, part) in enumerate(frame.groupby(by, sort=False)):
+        wide = part.pivot_table(index=x, columns="seed", values=metric)
+        if smooth > 1:
+            wide = wide.rolling(smooth, min_periods=1).mean()
+        color = (colors or {}).get(group, f"C{i}")
+        n = wide.shape[1]
+        ax.plot(
+            wide.index,
+            wide.mean(axis=1),
+            linestyle,
+            color=color,
+            marker="o" if x == "epoch" and len(wide) <= 30 else None,
+            ms=3,
+            label=f"{group}{label_suffix} (n={n})",
+        )
+        ax.fill_between(
+            wide.index, wide.min(axis=1), wide.max(axis=1), color=color, alpha=0.2, lw=0
+        )
+    ax.set(xlabel=x, ylabel=ylabel or metric, title=title or metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if x == "epoch":
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig

@@ -23,11 +23,11 @@ from course_utils.experiments import (
     false_positive_rate,
     format_summary,
     paired_comparison,
-    plot_curves,
     rejection_rate,
     run_experiment,
     summarize,
 )
+from course_utils.plots import plot_curves
 
 TINY = {"width": 4, "hidden": 8}
 

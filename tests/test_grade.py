@@ -12,7 +12,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from course_utils.build.exercises import exercise_path
-from course_utils.grade import (
+from course_utils.build.grade import (
     FAILED,
     MISSING,
     NOT_STARTED,

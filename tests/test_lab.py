@@ -323,8 +323,7 @@ def open_notebook(page, lab: Lab, notebook: str, workspace: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"no idle kernel for {notebook} after 90 s:\n{lab.log.read_text()[-3000:]}")
         time.sleep(0.5)
-    time.sleep(1)  # a late dialog, if any, shows up now
-    accept_kernel_dialog(page)
+    # A dialog Lab opens later than this is answered by run_all before each click.
 
 
 def accept_kernel_dialog(page) -> None:
@@ -380,15 +379,15 @@ def wait_for_run(
 
 
 def save(page, lab: Lab, notebook: str) -> nbformat.NotebookNode:
-    """Lab's save button, then read the notebook as Lab wrote it to disk."""
+    """Lab's save button, then read the notebook as Lab wrote it to disk: once the server has
+    answered the save (``PUT /api/contents/…``), which it does after the file is written."""
     path = lab.root / notebook
-    before = path.stat().st_mtime_ns
-    page.locator(f'{NOTEBOOK} .jp-Toolbar [data-command="docmanager:save"]').click()
-    deadline = time.monotonic() + 30
-    while path.stat().st_mtime_ns == before:
-        assert time.monotonic() < deadline, "Lab did not save the notebook"
-        time.sleep(0.5)
-    time.sleep(0.5)
+    saved = page.expect_response(
+        lambda r: r.request.method == "PUT" and "/api/contents/" in r.url, timeout=30_000
+    )
+    with saved as response:
+        page.locator(f'{NOTEBOOK} .jp-Toolbar [data-command="docmanager:save"]').click()
+    assert response.value.ok, f"Lab could not save the notebook: HTTP {response.value.status}"
     return nbformat.read(path, as_version=4)
 
 

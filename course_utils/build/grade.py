@@ -13,8 +13,8 @@ then gets one status:
 The task list comes from the matching solution notebook's ``# BEGIN SOLUTION N.k`` markers, so a
 task whose cells were deleted still shows. Usage::
 
-    python -m course_utils.grade                      # every exercises/*.ipynb
-    python -m course_utils.grade exercises/10_gradcam_exercises.ipynb --json report.json
+    python -m course_utils.build.grade                      # every exercises/*.ipynb
+    python -m course_utils.build.grade exercises/10_gradcam_exercises.ipynb --json report.json
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from .build.exercises import BEGIN, BEGIN_FULL
-from .paths import BUILD_DIR, REPO_ROOT
+from .exercises import BEGIN, BEGIN_FULL
+from ..paths import BUILD_DIR, REPO_ROOT
 
 __all__ = [
     "NotebookGrade",
@@ -235,7 +235,7 @@ def _default_notebooks() -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns 0 when every notebook ran, 2 when one could not."""
     parser = argparse.ArgumentParser(
-        prog="python -m course_utils.grade",
+        prog="python -m course_utils.build.grade",
         description="Run exercise notebooks in a fresh kernel and report each task.",
     )
     parser.add_argument(
