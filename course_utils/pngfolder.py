@@ -1,4 +1,6 @@
-"""A folder of PNG images as a data set: export, a robust reference ``Dataset``, and bad files.
+"""A folder of PNG images as a data set: export, and a robust reference ``Dataset``.
+
+Bad files to try it on are made by :mod:`course_utils.bad_files`.
 
 Layout (torchvision's ``ImageFolder``)::
 
@@ -45,13 +47,10 @@ Everything the dataset holds is plain data, so it pickles and works with ``num_w
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import stat
-import struct
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +73,8 @@ __all__ = [
     "class_folder_name",
     "export_image_folder",
     "load_grey",
-    "make_bad_examples",
     "read_png_cv2",
     "read_png_pil",
-    "write_decompression_bomb",
 ]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # 16.8 megapixels, checked from the header before decoding
@@ -432,88 +429,3 @@ class PNGFolder(Dataset):
             for r in [(s.path, s.reason) for s in self.report]
         ]
         return pd.DataFrame(rows, columns=["path", "reason"])
-
-
-def write_decompression_bomb(path: str | Path, width: int = 30000, height: int = 30000) -> int:
-    """Write a black 1-bit PNG of ``width`` × ``height`` pixels, tiny on disk, and return its
-    size in bytes: a decompression bomb (30000×30000 is about 110 KB on disk, 900 MB once Pillow
-    decodes it). Written chunk by chunk; no pixel array is ever built.
-    """
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-    data += chunk(b"IDAT", _black_rows(width, height)) + chunk(b"IEND", b"")
-    Path(path).write_bytes(data)
-    return len(data)
-
-
-@functools.lru_cache(maxsize=4)
-def _black_rows(width: int, height: int) -> bytes:
-    """The zlib stream of ``height`` 1-bit rows of zeros, each with its filter byte."""
-    row, compressor = bytes(1 + (width + 7) // 8), zlib.compressobj(9)
-    parts = [compressor.compress(row * min(1000, height - i)) for i in range(0, height, 1000)]
-    return b"".join(parts) + compressor.flush()
-
-
-def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
-    """Write one example of each kind of bad or unusual input into ``folder``.
-
-    Args:
-        folder: a class folder (created if needed).
-        good: a ``uint8`` ``[28, 28]`` image the unusual-but-valid files are made from.
-
-    Returns:
-        ``{file name: expected outcome}``, where the outcome is ``"ok"`` (accepted, converted),
-        ``"bad"`` (skipped or raised per ``on_error``) or ``"ignored"``. The broken link is left
-        out where the system cannot make symbolic links.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    grey = Image.fromarray(good)
-    grey.save(folder / "good.png")
-    full = (folder / "good.png").read_bytes()
-    (folder / "truncated.png").write_bytes(full[: len(full) // 2])
-    (folder / "not_an_image.png").write_bytes(b"this is not an image, whatever its name says\n")
-    (folder / "notes.txt").write_text("a stray text file\n")
-    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
-    (folder / "._good.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
-    grey.convert("RGB").save(folder / "as_jpeg.png", format="JPEG")
-    (folder / "as_eps.png").write_text(
-        "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n"
-        "newpath 4 4 moveto 24 24 lineto stroke showpage\n%%EOF\n"
-    )
-    write_decompression_bomb(folder / "bomb.png")
-    (folder / "subfolder").mkdir(exist_ok=True)
-    grey.save(folder / "subfolder" / "nested.png")
-    rgba = np.zeros((28, 28, 4), dtype=np.uint8)
-    rgba[..., :3] = good[..., None]
-    rgba[..., 3] = 255
-    Image.fromarray(rgba).save(folder / "rgba.png")
-    Image.fromarray(good.astype(np.uint16) * 257).save(folder / "sixteen_bit.png")
-    grey.convert("P").save(folder / "palette.png")
-    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(folder / "wrong_size.png")
-    expected = {
-        "good.png": "ok",
-        "truncated.png": "bad",
-        "not_an_image.png": "bad",
-        "notes.txt": "ignored",
-        ".DS_Store": "ignored",
-        "._good.png": "ignored",
-        "as_jpeg.png": "bad",
-        "as_eps.png": "bad",
-        "bomb.png": "bad",
-        "subfolder": "bad",
-        "rgba.png": "ok",
-        "sixteen_bit.png": "ok",
-        "palette.png": "ok",
-        "wrong_size.png": "bad",
-    }
-    try:
-        (folder / "broken_link.png").symlink_to("deleted_original.png")
-    except (OSError, NotImplementedError):  # Windows without the privilege
-        return expected
-    return {**expected, "broken_link.png": "bad"}

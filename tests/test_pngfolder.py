@@ -15,6 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from course_utils.bad_files import make_bad_examples, write_decompression_bomb
 from course_utils.data import CLASSES, MEAN, STD, FashionMNISTTensors, standard_transform
 from course_utils.pngfolder import (
     BadImageError,
@@ -24,10 +25,8 @@ from course_utils.pngfolder import (
     class_folder_name,
     export_image_folder,
     load_grey,
-    make_bad_examples,
     read_png_cv2,
     read_png_pil,
-    write_decompression_bomb,
 )
 
 

@@ -23,10 +23,10 @@ from streamlit import config
 from streamlit.testing.v1 import AppTest
 from torch import nn
 
+from course_utils.bad_files import write_decompression_bomb
 from course_utils.data import CLASSES, FashionMNISTTensors
 from course_utils.models import FashionCNN
 from course_utils.paths import REPO_ROOT
-from course_utils.pngfolder import write_decompression_bomb
 from course_utils.train import save_checkpoint
 from serving.serve import DEFAULT_MAX_BYTES
 from serving.upload import encode_png, preprocess_image
