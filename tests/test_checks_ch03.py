@@ -15,7 +15,6 @@ from course_utils.checks._common import ShortcutRefused
 from course_utils.checks.ch03 import (
     TASK_LR,
     _rerun_shares,
-    _rerun_silent_share,
     check_count_dead,
     check_epochs_to_reach,
     check_silent_experiment,
@@ -377,7 +376,7 @@ def test_silent_experiment_right_for_the_picked_run_only_fails(task, runs, capsy
 def at_base_lr(_runs):
     """LARGE_LR edited to 1e-3, the shares measured at it: consistent, but not the task."""
     shares = {
-        a: {s: _rerun_silent_share(a, s, TRAIN, PROBE, 1e-3, "cpu") for s in (0, 1)}
+        a: {s: _rerun_shares(a, s, TRAIN, PROBE, 1e-3, "cpu")["task"] for s in (0, 1)}
         for a in ("relu", "leaky_relu")
     }
     return shares, {"lr": 1e-3}
@@ -387,7 +386,7 @@ def on_other_data(_runs):
     """Trained on other images than train_small, and passed them: consistent, not the task."""
     other = tiny_split(256, 7)
     shares = {
-        a: {s: _rerun_silent_share(a, s, other, PROBE, TASK_LR, "cpu") for s in (0, 1)}
+        a: {s: _rerun_shares(a, s, other, PROBE, TASK_LR, "cpu")["task"] for s in (0, 1)}
         for a in ("relu", "leaky_relu")
     }
     return shares, {"train": other}

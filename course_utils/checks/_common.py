@@ -1,8 +1,10 @@
-"""What every chapter's checks share: the ✅/❌ lines, calling the learner's code, refusing the
-shortcuts a task asks the learner to write themselves, and seeded fixtures."""
+"""What every chapter's checks share: the ✅/❌ lines, calling the learner's code, comparing with a
+reference, refusing the shortcuts a task asks the learner to write, seeded fixtures, and the
+experiment tasks' report check."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -13,22 +15,6 @@ import torch
 from torch import nn
 
 from ..models import FashionCNN
-
-__all__ = [
-    "ShortcutRefused",
-    "aliases",
-    "build_model",
-    "call",
-    "choose",
-    "failure",
-    "fixed_batch",
-    "passed",
-    "refuse",
-    "reported_runs_verdict",
-    "same_data",
-    "seeded_cnn",
-    "small_model",
-]
 
 
 def passed(exercise: str, what: str) -> None:
@@ -43,11 +29,8 @@ def failure(exercise: str, problem: str, hint: str) -> AssertionError:
 
 
 def call(exercise: str, what: str, fn: Callable[..., Any], *args: Any, hint: str, **kwargs: Any):
-    """``fn(*args, **kwargs)``, with a crash turned into a ❌ that names ``what`` was called.
-
-    ``NotImplementedError`` (an unfinished blank) and ``AssertionError`` (a check failing inside,
-    or a refused shortcut) pass through unchanged.
-    """
+    """``fn(*args, **kwargs)``, a crash turned into a ❌ naming ``what``; ``NotImplementedError``
+    (a blank) and ``AssertionError`` (a failing inner check, a refused shortcut) pass through."""
     try:
         return fn(*args, **kwargs)
     except (NotImplementedError, AssertionError):
@@ -56,41 +39,43 @@ def call(exercise: str, what: str, fn: Callable[..., Any], *args: Any, hint: str
         raise failure(exercise, f"{what} raised {type(err).__name__}: {err}", hint) from err
 
 
+def expect_close(
+    exercise: str, what: str, got: Any, want: Any, hint: str | Callable[[], str], **tolerances: Any
+) -> None:
+    """``torch.testing.assert_close(got, want, **tolerances)``, a mismatch (NaN included) turned
+    into a ❌ ``what: greatest absolute difference …``; ``hint`` may be a function, called then."""
+    try:
+        torch.testing.assert_close(got, want, **tolerances)
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        lines = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        detail = next((ln for ln in lines if ln.startswith("Greatest absolute")), lines[0])
+        raise failure(exercise, f"{what}: {detail}", hint() if callable(hint) else hint) from err
+
+
 class ShortcutRefused(AssertionError):
     """A task's check ran code that called a library function the task asks you to write."""
 
 
 @contextmanager
 def refuse(exercise: str, shortcuts: Sequence[tuple[object, str]], task: str) -> Iterator[None]:
-    """Switch off library functions or classes while the learner's code runs inside the block.
-
-    Each ``(owner, name)`` attribute (for example ``(torch.nn.functional, "dropout")``) is
-    replaced by a stand-in that raises :class:`ShortcutRefused` with a friendly message, so that
-    ``F.dropout(x, p, training)`` cannot pass a task that asks for dropout written by hand.
-    Everything is restored when the block ends, also when it raises.
-
-    Args:
-        exercise: the exercise number, for the ❌ line.
-        shortcuts: the attributes to switch off.
-        task: what the task asks you to write, e.g. ``"dropout"``.
-    """
+    """Inside the block, each ``(owner, name)`` of ``shortcuts`` (e.g. ``(F, "dropout")``)
+    raises :class:`ShortcutRefused` saying "write ``task`` yourself"; all is restored after."""
 
     def stand_in(label: str) -> Callable[..., Any]:
         def refused(*_args: Any, **_kwargs: Any) -> Any:
-            problem = f"your code called {label}"
             hint = (
                 f"this task asks you to write {task} yourself; {label} is switched off "
                 "while the check runs. Use plain tensor operations."
             )
-            print(f"❌ Exercise {exercise}: {problem}")
-            raise ShortcutRefused(f"Exercise {exercise}: {problem}\nHint: {hint}")
+            raise ShortcutRefused(*failure(exercise, f"your code called {label}", hint).args)
 
         return refused
 
     with ExitStack() as stack:
         for owner, name in shortcuts:
-            owner_name = getattr(owner, "__name__", type(owner).__name__)
-            label = f"{owner_name}.{name}"
+            label = f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
             stack.enter_context(mock.patch.object(owner, name, stand_in(label)))
         yield
 
@@ -126,23 +111,19 @@ def build_model(ex: str, model_cls: Callable[..., nn.Module], **kwargs: Any) -> 
 
 
 def same_data(given: Any, task: Any) -> bool:
-    """Whether ``given`` holds the images and labels of the split ``task`` (a
-    :class:`~course_utils.data.FashionMNISTTensors`; ``given`` may also be a ``TensorLoader``,
-    on any device)."""
+    """Whether ``given`` (a ``FashionMNISTTensors`` or ``TensorLoader``, any device) holds the
+    images and labels of the split ``task``."""
     images, labels = getattr(given, "images", None), getattr(given, "labels", None)
-    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        return False
     return (
-        images.shape == task.images.shape
-        and labels.shape == task.labels.shape
-        and torch.equal(images.cpu(), task.images)
+        isinstance(images, torch.Tensor)
+        and isinstance(labels, torch.Tensor)
+        and torch.equal(images.cpu(), task.images)  # False for another shape
         and torch.equal(labels.cpu(), task.labels)
     )
 
 
 class _Namespace:
-    """A module's globals ``dict`` seen as an object, so that ``mock.patch.object`` can patch a
-    name in it (``from torch.nn.functional import dropout`` binds ``dropout`` there)."""
+    """A module's globals as an object, so that ``mock.patch.object`` can patch a name in it."""
 
     def __init__(self, namespace: dict[str, Any]) -> None:
         object.__setattr__(self, "__dict__", namespace)
@@ -151,31 +132,26 @@ class _Namespace:
 def aliases(
     functions: Sequence[Callable[..., Any]], shortcuts: Sequence[tuple[object, str]]
 ) -> list[tuple[object, str]]:
-    """The names in the learner's modules that are bound to one of the ``shortcuts``.
-
-    ``refuse`` patches ``torch.nn.functional.dropout``, but a notebook that ran ``from
-    torch.nn.functional import dropout as drop`` still holds the original under ``drop``. This
-    returns ``(namespace, "drop")`` pairs for every such name in the globals of ``functions``
-    (and of the methods of classes among them), to pass to :func:`refuse` as well.
-    """
+    """The ``(namespace, name)`` pairs, in the globals of ``functions`` (and of the methods of
+    classes among them), bound to one of ``shortcuts`` (``from torch.nn.functional import
+    dropout as drop``), to pass to :func:`refuse` as well."""
     targets = {id(getattr(owner, name)) for owner, name in shortcuts if hasattr(owner, name)}
     namespaces: dict[int, dict[str, Any]] = {}
     for fn in functions:
-        members = vars(fn).values() if isinstance(fn, type) else [fn]
-        for member in members:
+        for member in vars(fn).values() if isinstance(fn, type) else [fn]:
             namespace = getattr(getattr(member, "__func__", member), "__globals__", None)
             if isinstance(namespace, dict):
                 namespaces[id(namespace)] = namespace
-    found = []
-    for namespace in namespaces.values():
-        view = _Namespace(namespace)
-        found += [(view, n) for n, v in list(namespace.items()) if id(v) in targets]
-    return found
+    return [
+        (_Namespace(namespace), name)
+        for namespace in namespaces.values()
+        for name, value in list(namespace.items())
+        if id(value) in targets
+    ]
 
 
-#: The checks' own source of chance, for the runs they rerun: seeded from the operating system
-#: when the module is imported, so that no seed the learner sets (``seed_everything`` seeds
-#: ``random``, NumPy and torch) and no reported value can decide which run is checked.
+#: The checks' own source of chance, seeded by the operating system: no seed the learner sets and
+#: no reported value decides which run is checked.
 _PICKER = random.Random()
 
 
@@ -186,6 +162,49 @@ def choose(options: Sequence[Any]) -> Any:
 
 Run = tuple[str, int]
 """One run of an experiment task: ``(arm, seed)``."""
+
+
+def _report_values(
+    ex: str, reported: Any, arms: tuple[str, str], what: str, min_seeds: int, bounds: Any, hint: str
+) -> dict[Run, float]:
+    """The runs of a ``{arm: {seed: value}}`` report, or a ❌ naming what is malformed."""
+    shape = (
+        f"report a dict {{arm: {{seed: {what}}}}} with the arms {list(arms)}, the same "
+        f"{min_seeds} or more integer seeds for each, and one float per run."
+    )
+    if not isinstance(reported, Mapping) or set(reported) != set(arms):
+        mapping = isinstance(reported, Mapping)
+        shown = ", ".join(sorted(map(repr, reported))) if mapping else type(reported).__name__
+        raise failure(ex, f"reported {shown}, expected the arms {list(arms)}", shape)
+    values: dict[Run, float] = {}
+    for arm in arms:
+        runs = reported[arm]
+        if not isinstance(runs, Mapping) or len(runs) < min_seeds:
+            n = len(runs) if isinstance(runs, Mapping) else type(runs).__name__
+            problem = f"{arm}: {n} run(s) reported, need {min_seeds} seeds or more"
+            raise failure(ex, problem, "one seed says nothing about the spread: " + shape)
+        for seed, value in runs.items():
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.item()
+            low, high = bounds or (-math.inf, math.inf)
+            where, problem, why = f"{arm}, seed {seed}: {value!r}", None, shape
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                problem = f"{arm}: the seed {seed!r} is not an int"
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                problem = f"{where} is not a number"
+            elif not math.isfinite(value):
+                problem = f"{where} is not finite"
+            elif not low <= value <= high:
+                problem = f"{where} is outside [{low:g}, {high:g}], the range of a {what}"
+                why = hint or shape
+            if problem:
+                raise failure(ex, problem, why)
+            values[arm, seed] = float(value)
+    seeds = [sorted(reported[arm]) for arm in arms]
+    if seeds[0] != seeds[1]:
+        problem = f"the arms have different seeds: {seeds[0]} vs {seeds[1]}"
+        raise failure(ex, problem, "run every arm with the same seeds: change one thing only.")
+    return values
 
 
 def reported_runs_verdict(
@@ -207,123 +226,40 @@ def reported_runs_verdict(
     protocol: str = "the protocol the task states (same seed_everything, data order, optimiser "
     "and epochs)",
 ) -> str:
-    """Check an experiment task: numbers from real runs, and a verdict that follows the noise rule.
-
-    ``reported`` is ``{arm: {seed: value}}`` for the two ``arms``, with the same ``min_seeds`` or
-    more integer seeds each. The verdict must be ``verdicts[0]`` when the first arm's value is
-    higher beyond noise (:attr:`course_utils.experiments.Comparison.beyond_noise`),
-    ``verdicts[1]`` when the second's is, and ``verdicts[2]`` otherwise (case and outer spaces
-    ignored). Then runs are recomputed with ``recompute(arm, seed)`` and must agree within
-    ``tolerance``: every run (``rerun="all"``), or one run chosen at random by the check
-    (``rerun="one"``, from :func:`choose`: not from the reported values, so that a report cannot
-    steer which run is checked). The cheap checks come first: structure, ``value_range``, the
-    verdict, then ``verify_run(arm, seed)`` on a run chosen at random (for example the learner's
-    own ``run``), then the (slow) reruns.
-
-    Args:
-        value_range: ``(low, high)`` that every value must lie in (a share, a difference of
-            accuracies); a value outside it fails before any rerun, with ``range_hint``.
-        explain: given the reported values and the recomputed ones (``{(arm, seed): value}``),
-            the mistake that explains the difference (the learner's earlier task, a sign, swapped
-            arms…) as a hint, or ``None``; asked before the hint falls back to saying what was
-            measured and what was expected.
-        protocol: how the check trains a run, for the fallback hint.
-
-    Returns:
-        the comparison's sentence (machine-dependent numbers: keep it off a ✅ line that
-        strict nbval compares).
-    """
-    import math
-
+    """Check an experiment task's report ``{arm: {seed: value}}`` and its verdict, in order:
+    structure and ``value_range``; the verdict (``verdicts[0]``/``[1]`` when the first/second arm
+    is higher beyond noise by ``experiments.compare``, else ``verdicts[2]``); ``verify_run`` on
+    one run; ``recompute`` of every run (``rerun="all"``) or one the check chooses, within
+    ``tolerance`` (``explain(reported, recomputed)`` may name the mistake). Returns the
+    comparison's sentence (machine-dependent: keep it off a ✅ line)."""
     import pandas as pd
 
     from ..experiments import compare
 
-    shape_hint = (
-        f"report a dict {{arm: {{seed: {what}}}}} with the arms {list(arms)}, the same "
-        f"{min_seeds} or more integer seeds for each, and one float per run."
-    )
-    if not isinstance(reported, Mapping) or set(reported) != set(arms):
-        keys = sorted(map(repr, reported)) if isinstance(reported, Mapping) else None
-        shown = ", ".join(keys) if keys is not None else type(reported).__name__
-        raise failure(ex, f"reported {shown}, expected the arms {list(arms)}", shape_hint)
-    rows = []
-    for arm in arms:
-        runs = reported[arm]
-        if not isinstance(runs, Mapping) or len(runs) < min_seeds:
-            n = len(runs) if isinstance(runs, Mapping) else type(runs).__name__
-            raise failure(
-                ex,
-                f"{arm}: {n} run(s) reported, need {min_seeds} seeds or more",
-                "one seed says nothing about the spread: " + shape_hint,
-            )
-        for seed, value in runs.items():
-            if isinstance(seed, bool) or not isinstance(seed, int):
-                raise failure(ex, f"{arm}: the seed {seed!r} is not an int", shape_hint)
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = value.item()
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise failure(ex, f"{arm}, seed {seed}: {value!r} is not a number", shape_hint)
-            if not math.isfinite(value):
-                raise failure(ex, f"{arm}, seed {seed}: {value} is not finite", shape_hint)
-            if value_range is not None and not value_range[0] <= value <= value_range[1]:
-                raise failure(
-                    ex,
-                    f"{arm}, seed {seed}: {value!r} is outside [{value_range[0]:g}, "
-                    f"{value_range[1]:g}], the range of a {what}",
-                    range_hint or shape_hint,
-                )
-            rows.append({"variant": arm, "seed": int(seed), "value": float(value)})
-    seeds = [sorted(reported[arm]) for arm in arms]
-    if seeds[0] != seeds[1]:
-        raise failure(
-            ex,
-            f"the arms have different seeds: {seeds[0]} vs {seeds[1]}",
-            "run every arm with the same seeds: a fair comparison changes one thing only.",
-        )
-    frame = pd.DataFrame(rows)
+    values = _report_values(ex, reported, arms, what, min_seeds, value_range, range_hint)
+    frame = pd.DataFrame([{"variant": a, "seed": s, "value": v} for (a, s), v in values.items()])
     comparison = call(
-        ex,
-        "comparing the two arms",
-        compare,
-        frame,
-        arms[0],
-        arms[1],
-        "value",
-        hint=shape_hint,
+        ex, "comparing the two arms", compare, frame, *arms, "value", hint="see above."
     )
-    if comparison.beyond_noise:
-        expected = verdicts[0] if comparison.diff > 0 else verdicts[1]
-    else:
-        expected = verdicts[2]
+    expected = verdicts[2 if not comparison.beyond_noise else 0 if comparison.diff > 0 else 1]
     said = verdict.strip().lower() if isinstance(verdict, str) else verdict
     if said not in [v.lower() for v in verdicts]:
-        raise failure(
-            ex,
-            f"verdict {verdict!r} is not one of {list(verdicts)}",
-            "set verdict to one of the three strings, chosen by code from the numbers.",
-        )
+        hint = "set verdict to one of the three strings, chosen by code from the numbers."
+        raise failure(ex, f"verdict {verdict!r} is not one of {list(verdicts)}", hint)
     numbers = comparison.sentence(lambda v: f"{v:.3f}")
     if said != expected.lower():
         if expected == verdicts[2]:
-            hint = (
-                "by the chapter's rule (compare(...).beyond_noise is False for these numbers) "
-                f"the difference is within noise, not resolved with these seeds: the verdict is "
-                f"{expected!r}. Choose it by code from beyond_noise, not from the means alone."
-            )
+            why = "is within noise, not resolved with these seeds (beyond_noise is False)"
         elif said == verdicts[2].lower():
-            hint = (
-                "by the chapter's rule (compare(...).beyond_noise is True for these numbers) "
-                f"the difference is beyond seed noise: the verdict is {expected!r}."
-            )
+            why = "is beyond seed noise (beyond_noise is True)"
         else:
-            hint = (
-                "the difference is beyond seed noise, but in the other direction: "
-                f"compare(...).diff is {comparison.diff:+.4f} ({arms[0]} − {arms[1]}), so the "
-                f"verdict is {expected!r}."
-            )
+            diff = f"diff is {comparison.diff:+.4f}, {arms[0]} − {arms[1]}"
+            why = f"is beyond seed noise, but in the other direction ({diff})"
+        hint = (
+            f"by the chapter's rule (experiments.compare) the difference {why}: the verdict is "
+            f"{expected!r}. Choose it by code from beyond_noise and diff, not from the means."
+        )
         raise failure(ex, f"verdict {verdict!r}, expected {expected!r} ({numbers})", hint)
-    values = {(r["variant"], r["seed"]): r["value"] for r in rows}
     runs = sorted(values)
     if verify_run is not None:
         verify_run(*choose(runs))
@@ -331,20 +267,14 @@ def reported_runs_verdict(
     again = {run: float(recompute(*run)) for run in chosen}
     wrong = [run for run in chosen if not abs(again[run] - values[run]) <= tolerance]
     if wrong:
-        arm, seed = wrong[0]
+        (arm, seed), run = wrong[0], wrong[0]
         more = f" ({len(wrong) - 1} more run(s) differ too)" if len(wrong) > 1 else ""
-        hint = explain(values, again) if explain is not None else None
-        if hint is None:
-            hint = (
-                f"report the numbers of your runs: for {arm} seed {seed} the check measured "
-                f"{again[arm, seed]:.4f} (tolerance {tolerance:g}) by {protocol}; you reported "
-                f"{values[arm, seed]:.4f}."
-            )
-        raise failure(
-            ex,
-            f"{arm}, seed {seed}: reported {values[arm, seed]:.4f}, a rerun gave "
-            f"{again[arm, seed]:.4f}{more}",
-            hint,
+        hint = (explain(values, again) if explain is not None else None) or (
+            f"report the numbers of your runs: for {arm} seed {seed} the check measured "
+            f"{again[run]:.4f} (tolerance {tolerance:g}) by {protocol}; you reported "
+            f"{values[run]:.4f}."
         )
+        problem = f"{arm}, seed {seed}: reported {values[run]:.4f}, a rerun gave {again[run]:.4f}"
+        raise failure(ex, problem + more, hint)
     shown = "; ".join(f"{a} seed {s}: {v:.4f}" for (a, s), v in again.items())
     return f"{numbers}; rerun of {shown}"

@@ -4,6 +4,7 @@ silent-unit counter built on forward hooks, and an experiment on large learning 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -13,100 +14,78 @@ from torch import nn
 
 from .. import diagnostics, hooks
 from ..data import FashionMNISTTensors, TensorLoader, load_tensors
-from ..hooks import hook_count
 from ..models import ACTIVATIONS, FashionCNN
-from ..train import fit, seed_everything
-from ._common import (
-    aliases,
-    call,
-    failure,
-    passed,
-    refuse,
-    reported_runs_verdict,
-    same_data,
-)
+from ..train import eval_mode, fit, seed_everything
+from ._common import aliases, call, failure, passed, refuse, reported_runs_verdict, same_data
 
-__all__ = [
-    "check_count_dead",
-    "check_epochs_to_reach",
-    "check_silent_experiment",
-    "check_silent_per_layer",
-    "EXPERIMENT_ARMS",
-    "EXPERIMENT_VERDICTS",
-    "TASK_LR",
-]
+__all__ = ["check_count_dead", "check_epochs_to_reach", "check_silent_per_layer"]
+__all__ += ["check_silent_experiment", "EXPERIMENT_ARMS", "EXPERIMENT_VERDICTS", "TASK_LR"]
+
+
+def _scalar(result: Any) -> Any:
+    """A one-element tensor as a Python number; anything else unchanged."""
+    return result.item() if isinstance(result, torch.Tensor) and result.numel() == 1 else result
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _pick(result: Any, mistakes: Iterable[tuple[Any, str]], default: str) -> str:
+    """The hint of the first mistake whose answer equals ``result``, else ``default``."""
+    return next((hint for answer, hint in mistakes if answer == result), default)
+
+
+def _raise_first(ex: str, cases: Iterable[tuple[Any, str, str]]) -> None:
+    """Raise the ❌ of the first ``(wrong, problem, hint)`` whose ``wrong`` is true."""
+    for wrong, problem, hint in cases:
+        if wrong:
+            raise failure(ex, problem, hint)
 
 
 # --- 3.1 ---------------------------------------------------------------------------------------
 
 
-def _dead_cases() -> list[tuple[str, torch.Tensor, int]]:
-    """Post-ReLU activations with a known number of dead units."""
+def _dead_cases() -> list[tuple[str, torch.Tensor]]:
+    """Post-ReLU activations with known dead units (a unit that fires once is alive)."""
     g = torch.Generator().manual_seed(0)
     conv = torch.rand(6, 5, 4, 4, generator=g)
-    conv[:, [1, 3]] = 0  # channels 1 and 3 never fire: 2 dead
-    conv[:, 4] = 0
-    conv[2, 4, 3, 0] = 0.7  # channel 4 fires once, in one image at one position: alive
-    conv[0, 0] = 0  # channel 0 is silent in image 0 only: alive
+    conv[:, [1, 3, 4]] = 0  # channels 1 and 3 dead; 4 fires in one image at one position
+    conv[2, 4, 3, 0], conv[0, 0] = 0.7, 0  # and channel 0 is silent in image 0 only
     fc = torch.rand(5, 7, generator=g)
     fc[:, [0, 5, 6]] = 0
-    fc[4, 6] = 0.1  # feature 6 fires in the last image only: alive
+    fc[4, 6] = 0.1  # feature 6 fires in the last image only
     return [
-        ("conv activations [6, 5, 4, 4]", conv, 2),
-        ("fully connected activations [5, 7]", fc, 2),
-        ("all alive [3, 2, 2, 2]", torch.ones(3, 2, 2, 2), 0),
-        ("all dead [2, 3]", torch.zeros(2, 3), 3),
+        ("conv activations [6, 5, 4, 4]", conv),
+        ("fully connected activations [5, 7]", fc),
+        ("all alive [3, 2, 2, 2]", torch.ones(3, 2, 2, 2)),
+        ("all dead [2, 3]", torch.zeros(2, 3)),
     ]
 
 
 def check_count_dead(fn: Callable[[torch.Tensor], int]) -> None:
-    """Exercise 3.1: ``count_dead(activations) -> int`` for post-ReLU ``[N, C, H, W]`` or
-    ``[N, F]`` activations: units (channels or features) that are zero for every image and
-    position, on hand-built cases.
-
-    Raises:
-        AssertionError: with a hint (zero *elements*, dead in *some* image, wrong dimension).
-    """
-    ex = "3.1"
-    for case, acts, expected in _dead_cases():
-        result = call(
-            ex,
-            f"count_dead on {case}",
-            fn,
-            acts.clone(),
-            hint="handle both 4-d [N, C, H, W] and 2-d [N, F] inputs: move the unit dimension "
-            "(dim 1) first and flatten the rest.",
-        )
-        if isinstance(result, torch.Tensor) and result.numel() == 1:
-            result = result.item()
-        if isinstance(result, bool) or not isinstance(result, int | np.integer):
-            raise failure(
-                ex,
-                f"returned {type(result).__name__} {result!r}, not an int",
-                "return a Python int (int(...) or .item()).",
-            )
-        if result == expected:
+    """Exercise 3.1: ``count_dead(activations) -> int``: units (dim 1) of post-ReLU ``[N, C, H,
+    W]`` or ``[N, F]`` activations that are zero for every image and position."""
+    ex, cases = "3.1", _dead_cases()
+    for case, acts in cases:
+        expected = int(diagnostics.silent_units(acts).sum())
+        hint = "handle 4-d [N, C, H, W] and 2-d [N, F] inputs: dim 1 first, flatten the rest."
+        got = _scalar(call(ex, f"count_dead on {case}", fn, acts.clone(), hint=hint))
+        not_int = f"returned {type(got).__name__} {got!r}, not an int"
+        _raise_first(ex, [(not _is_int(got), not_int, "return a Python int (int(...)).")])
+        if got == expected:
             continue
-        per_image = (
-            int((acts.flatten(2).amax(-1) == 0).any(0).sum())
-            if acts.dim() == 4
-            else int((acts == 0).any(0).sum())
-        )
-        if result == int((acts == 0).sum()):
-            hint = "count units (channels or features), not zero elements."
-        elif result == per_image:
-            hint = "a unit is dead only if it is zero for *every* image, not for some image."
-        else:
-            hint = (
-                "a unit is dim 1 (a channel of [N, C, H, W] or a feature of [N, F]); it is dead "
-                "if its maximum over all other dimensions is 0."
-            )
-        raise failure(ex, f"returned {result} on {case}, expected {expected}", hint)
-    passed(ex, f"count_dead is right on {len(_dead_cases())} hand-built cases")
+        zero_somewhere = (acts.flatten(2).amax(-1) if acts.dim() == 4 else acts) == 0
+        mistakes = [
+            (int((acts == 0).sum()), "count units (channels or features), not zero elements."),
+            (int(zero_somewhere.any(0).sum()), "a unit is dead if zero for *every* image."),
+        ]
+        hint = _pick(got, mistakes, "a unit is dim 1: dead if its max over the rest is 0.")
+        raise failure(ex, f"returned {got} on {case}, expected {expected}", hint)
+    passed(ex, f"count_dead is right on {len(cases)} hand-built cases")
 
 
 # --- 3.2 ---------------------------------------------------------------------------------------
-
 
 _EPOCHS_TO_CASES: tuple[tuple[tuple[float, ...], float, int | None], ...] = (
     ((0.50, 0.86, 0.70, 0.90), 0.85, 2),  # the first time, not the best epoch
@@ -117,333 +96,170 @@ _EPOCHS_TO_CASES: tuple[tuple[tuple[float, ...], float, int | None], ...] = (
 
 
 def check_epochs_to_reach(fn: Callable[[Sequence[float], float], int | None]) -> None:
-    """Exercise 3.2: ``epochs_to_reach(accuracies, target)``: the first epoch (counted from 1)
-    whose accuracy is ``>= target``, or ``None`` if none is.
-
-    Raises:
-        AssertionError: with a hint (0-based epochs, ``>`` instead of ``>=``, best epoch…).
-    """
+    """Exercise 3.2: ``epochs_to_reach(accuracies, target)``: the first epoch (from 1) whose
+    accuracy is ``>= target``, or ``None``."""
     ex = "3.2"
     for accs, target, expected in _EPOCHS_TO_CASES:
-        result = call(
-            ex,
-            f"epochs_to_reach({list(accs)}, {target})",
-            fn,
-            list(accs),
-            target,
-            hint="read the error above.",
-        )
-        if isinstance(result, torch.Tensor) and result.numel() == 1:
-            result = result.item()
-        if result is not None and (
-            isinstance(result, bool) or not isinstance(result, int | np.integer)
-        ):
-            raise failure(
-                ex,
-                f"{list(accs)} with target {target}: returned {type(result).__name__} "
-                f"{result!r}, not an int or None",
-                "return the epoch as an int, counted from 1 (or None when no epoch reaches "
-                "the target).",
-            )
-        if result == expected and (result is None) == (expected is None):
+        case, hint = f"{list(accs)} with target {target}", "read the error above."
+        got = _scalar(call(ex, f"epochs_to_reach({case})", fn, list(accs), target, hint=hint))
+        not_int = f"{case}: returned {type(got).__name__} {got!r}, not an int or None"
+        hint = "return the epoch as an int, counted from 1, or None if never reached."
+        _raise_first(ex, [(got is not None and not _is_int(got), not_int, hint)])
+        if got == expected and (got is None) == (expected is None):
             continue
         strict = next((i for i, a in enumerate(accs, start=1) if a > target), None)
-        best = max(range(len(accs)), key=lambda i: accs[i]) + 1
         if expected is None:
             hint = "return None when no epoch reaches the target (not 0, -1 or len)."
-        elif result is None:
-            hint = (
-                f"epoch {expected} reaches the target ({accs[expected - 1]} >= {target}): "
-                "return it; None is only for a curve that never reaches the target."
-            )
-        elif result == expected - 1:
-            hint = "epochs are counted from 1: the first epoch is epoch 1, not index 0."
-        elif result == strict:
-            hint = "reaching the target exactly counts: use >=."
-        elif result == best:
-            hint = "return the *first* epoch that reaches the target, not the best one."
+        elif got is None:
+            hint = f"epoch {expected} reaches the target ({accs[expected - 1]} >= {target})."
         else:
-            hint = (
-                f"the first epoch with accuracy >= {target} is epoch {expected} (accuracy "
-                f"{accs[expected - 1]}), counted from 1; you returned {result!r}."
-            )
-        raise failure(ex, f"{accs} with target {target}: got {result!r}, expected {expected}", hint)
+            mistakes = [
+                (expected - 1, "epochs are counted from 1: the first epoch is 1, not index 0."),
+                (strict, "reaching the target exactly counts: use >=."),
+                (int(np.argmax(accs)) + 1, "return the *first* epoch that reaches the target."),
+            ]
+            hint = _pick(got, mistakes, f"the first epoch with accuracy >= {target} counts.")
+        raise failure(ex, f"{accs} with target {target}: got {got!r}, expected {expected}", hint)
     passed(ex, f"epochs_to_reach is right on {len(_EPOCHS_TO_CASES)} curves")
 
 
 # --- 3.3 ---------------------------------------------------------------------------------------
 
 
-class _ProbeNet(nn.Module):
-    """A small CNN on 8×8 images, nested in ``nn.Sequential``s, with ``kind`` activations, a
-    BatchNorm (so a forward pass in training mode is visible) and a ReLU ``gate`` on the logits
-    (a module of another type than ``kind`` when ``kind`` is not ReLU)."""
-
-    def __init__(self, kind: type[nn.Module]) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), kind(), nn.MaxPool2d(2)
-        )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(6 * 4 * 4, 8), kind(), nn.Linear(8, 3))
-        self.gate = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(self.head(self.features(x)))
-
-
-def _probe_fixture(kind: type[nn.Module]) -> tuple[nn.Module, list[tuple[torch.Tensor, Any]]]:
-    """A ``_ProbeNet`` with known silent units, and two batches: dark images, then bright ones.
-
-    Conv channels 0 and 1 are silent everywhere (BatchNorm shift -100); channel 2 sums its 3×3
-    patch and is shifted by -5, so it fires on the bright batch only; channel 3 subtracts its
-    patch and is shifted by +0.5, so it fires on the dark batch only; ``head.1`` features 0 and
-    3 are silent (bias -100).
-    """
+def _probe(kind: type[nn.Module], zero_input: bool = False) -> tuple[nn.Module, list]:
+    """A nested CNN on 8×8 images and two batches (dark, bright): conv channels 0, 1 never
+    fire, 2 fires on bright images only, 3 on dark ones only; ``head.1`` features 0 and 3 never
+    fire (``zero_input``: feature 5's input is 0 everywhere); a ReLU ``gate`` on the logits."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = _ProbeNet(kind)
-    conv, bn = model.features[0], model.features[1]
+        conv, bn, fc = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Linear(96, 8)
+        features = nn.Sequential(conv, bn, kind(), nn.MaxPool2d(2))
+        head = nn.Sequential(nn.Flatten(), fc, kind(), nn.Linear(8, 3))
+        model = nn.Sequential(OrderedDict(features=features, head=head, gate=nn.ReLU()))
     with torch.no_grad():
         bn.running_mean.fill_(0.3)
         bn.running_var.fill_(2.0)
-        bn.bias[[0, 1]] = -100.0
-        conv.weight[2] = 1.0
-        conv.bias[2] = 0.0
-        conv.weight[3] = -1.0
-        conv.bias[3] = 0.0
+        conv.weight[2:4], conv.bias[2:4] = torch.tensor([1.0, -1.0]).view(2, 1, 1, 1), 0.0
         bn.running_mean[2:4], bn.running_var[2:4], bn.weight[2:4] = 0.0, 1.0, 1.0
-        bn.bias[2], bn.bias[3] = -5.0, 0.5
-        model.head[1].bias[[0, 3]] = -100.0
+        bn.bias[:4] = torch.tensor([-100.0, -100.0, -5.0, 0.5])
+        fc.bias[[0, 3]] = -100.0
+        if zero_input:
+            fc.weight[5], fc.bias[5] = 0.0, 0.0
     g = torch.Generator().manual_seed(1)
     dark = torch.rand(4, 1, 8, 8, generator=g) * 0.1
     bright = 1 - torch.rand(3, 1, 8, 8, generator=g) * 0.1
     return model, [(dark, torch.zeros(4)), (bright, torch.zeros(3))]
 
 
-def _reference_silent(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, Any]],
-    kind: type[nn.Module],
-    *,
-    on_output: bool = False,
-    strict: bool = False,
-) -> dict[str, tuple[int, int]]:
-    """Silent units per module of type ``kind`` (on its input, or its output ``== 0``);
-    ``strict``: an input of exactly 0 counts as firing (the mistake ``< 0``)."""
-    largest: dict[str, torch.Tensor] = {}
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            t = output.ne(0).float() if on_output else inputs[0]
-            m = t.detach().transpose(0, 1).flatten(1).amax(1)
-            largest[name] = torch.maximum(largest[name], m) if name in largest else m
-
-        return hook
-
-    handles = [
-        m.register_forward_hook(make_hook(n))
-        for n, m in model.named_modules()
-        if isinstance(m, kind)
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            for x, _ in batches:
-                model(x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return {n: (int((m < 0 if strict else m <= 0).sum()), len(m)) for n, m in largest.items()}
+def _unit_maxima(model: nn.Module, batches: Iterable, kind: Any) -> tuple[dict, dict]:
+    """Per ``kind`` module, ``[batches, units]``: each unit's largest input, and its largest
+    ``|output|``, in each batch; eval mode, no gradients, recorded by the package's hooks."""
+    names = [n for n, m in model.named_modules() if isinstance(m, kind)]
+    device, per = next(model.parameters()).device, ({n: [] for n in names}, {n: [] for n in names})
+    with (
+        eval_mode(model),
+        torch.no_grad(),
+        hooks.capture_activations(model, names, inputs=True) as inputs,
+        hooks.capture_activations(model, names) as outputs,
+    ):
+        for x, _ in batches:
+            model(x.to(device))
+            for seen, found in zip((inputs, outputs), per, strict=True):
+                for n in names:
+                    t = torch.cat([a.transpose(0, 1).flatten(1) for a in seen[n]], 1)
+                    found[n].append((t if seen is inputs else t.abs()).amax(1))
+                    seen[n].clear()
+    return tuple({n: torch.stack(v) for n, v in found.items()} for found in per)
 
 
-_HOOK_SHORTCUTS: list[tuple[object, str]] = [
-    (diagnostics, "dead_units"),
-    (diagnostics, "silent_units"),
-    (diagnostics, "capture_activations"),
-    (hooks, "capture_activations"),
-]
+def _counts(maxima: Mapping[str, torch.Tensor], rows=slice(None), strict=False) -> dict:
+    """``{name: (silent, units)}`` from :func:`_unit_maxima`, over the batches ``rows``."""
+    tops = {n: m[rows].amax(0) for n, m in maxima.items()}
+    return {n: (int((t < 0 if strict else t <= 0).sum()), len(t)) for n, t in tops.items()}
 
 
 def _as_counts(ex: str, result: Any) -> dict[str, tuple[int, int]]:
-    """The learner's answer as ``{name: (silent, units)}`` of ints, or a ❌."""
+    """The learner's answer as ``{name: (silent, units)}`` of whole numbers, or a ❌."""
     hint = "return a dict {module name: (silent units, units)} with two ints per layer."
     if not isinstance(result, Mapping):
         raise failure(ex, f"returned {type(result).__name__}, not a dict", hint)
     counts = {}
     for name, pair in result.items():
-        try:
-            values = []
-            for v in pair:
-                v = v.item() if isinstance(v, torch.Tensor) else v
-                if isinstance(v, bool) or not float(v).is_integer():
-                    raise ValueError(f"{v!r} is not a whole number")
-                values.append(int(v))
-            silent, units = values
-        except Exception as err:  # noqa: BLE001 - any malformed pair is the learner's mistake
-            raise failure(
-                ex, f"{name!r}: {pair!r} is not a pair of ints (silent, units)", hint
-            ) from err
-        counts[name] = (silent, units)
+        values = [_scalar(v) for v in pair] if isinstance(pair, tuple | list) else []
+        number = [
+            isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in values
+        ]
+        if len(values) != 2 or not all(number) or not all(float(v).is_integer() for v in values):
+            raise failure(ex, f"{name!r}: {pair!r} is not a pair of ints (silent, units)", hint)
+        counts[name] = (int(values[0]), int(values[1]))
     return counts
 
 
-def _check_zero_input(ex: str, fn: Callable[..., Any], shortcuts: list[tuple[object, str]]) -> None:
-    """A unit whose input is exactly 0 on every image never fires (ReLU(0) = 0): silent.
-    ``head.1`` feature 5 gets zero weights and bias, so its input is 0 everywhere."""
-    model, batches = _probe_fixture(nn.ReLU)
-    with torch.no_grad():
-        model.head[1].weight[5] = 0.0
-        model.head[1].bias[5] = 0.0
-    expected = _reference_silent(model, batches, nn.ReLU)
-    with refuse(ex, shortcuts, task="the hook-based counter"):
-        raw = call(
-            ex,
-            "silent_per_layer(model, batches, nn.ReLU) with a unit whose input is always 0",
-            fn,
-            model,
-            list(batches),
-            nn.ReLU,
-            hint="read the error above.",
-        )
-    result = _as_counts(ex, raw)
-    if result == expected:
-        return
-    if result == _reference_silent(model, batches, nn.ReLU, strict=True):
-        hint = (
-            "a unit whose input is exactly 0 everywhere never fires either (ReLU(0) = 0, and "
-            "its gradient is 0): count the units whose largest input is <= 0, not < 0."
-        )
-    else:
-        hint = (
-            "per unit (dim 1 of the input), take the maximum over every other dimension and "
-            "every batch; the unit is silent if it is <= 0."
-        )
-    raise failure(
-        ex,
-        f"with a unit whose input is exactly 0 on every image (head.1 feature 5): got {result}, "
-        f"expected {expected}",
-        hint,
-    )
+_COUNTERS = ("dead_units", "silent_units", "capture_activations")
+_HOOK_SHORTCUTS = [(hooks, "capture_activations"), *((diagnostics, n) for n in _COUNTERS)]
 
 
 def check_silent_per_layer(
     fn: Callable[[nn.Module, Iterable, type[nn.Module]], Mapping[str, tuple[int, int]]],
 ) -> None:
-    """Exercise 3.3: ``silent_per_layer(model, batches, kind) -> {name: (silent, units)}``.
-
-    For every module of ``model`` that is an instance of ``kind`` (named as
-    ``model.named_modules()`` names it), count the units whose *input* was ``<= 0`` for every
-    image and position of every batch. Run on a small nested CNN with known silent units, once
-    with ``nn.ReLU`` (one unit fires only in the second batch) and once with ``nn.LeakyReLU``
-    (whose output is never exactly 0). The model's mode and BatchNorm statistics must be left as
-    they were, and no hook may remain, also when a batch makes the forward pass raise.
-    ``course_utils.diagnostics.dead_units``/``silent_units`` and
-    ``course_utils.hooks.capture_activations`` are switched off while it runs.
-
-    Raises:
-        AssertionError: with a hint.
-    """
-    ex = "3.3"
+    """Exercise 3.3: ``silent_per_layer(model, batches, kind) -> {name: (silent, units)}`` on
+    forward hooks; the mode, BatchNorm statistics and hooks are left as they were, even on
+    errors. The course's counters are switched off while it runs."""
+    ex, summary = "3.3", []
     shortcuts = _HOOK_SHORTCUTS + aliases([fn], _HOOK_SHORTCUTS)
-    summary = []
-    for kind, start_training in ((nn.ReLU, True), (nn.LeakyReLU, False)):
-        model, batches = _probe_fixture(kind)
-        model.train(start_training)
-        expected = _reference_silent(model, batches, kind)
-        state = {k: v.clone() for k, v in model.state_dict().items()}
+    zero_case = "nn.ReLU, with a unit whose input is exactly 0 on every image (head.1 feature 5)"
+    for kind, training, case in [
+        (nn.ReLU, True, "nn.ReLU"),
+        (nn.LeakyReLU, False, "nn.LeakyReLU"),
+        (nn.ReLU, True, zero_case),
+    ]:
+        model, batches = _probe(kind, zero_input=case == zero_case)
+        maxima, out_maxima = _unit_maxima(model.train(training), batches, kind)
+        expected, state = _counts(maxima), {k: v.clone() for k, v in model.state_dict().items()}
         with refuse(ex, shortcuts, task="the hook-based counter"):
             try:
-                raw = call(
-                    ex,
-                    f"silent_per_layer(model, batches, nn.{kind.__name__})",
-                    fn,
-                    model,
-                    list(batches),
-                    kind,
-                    hint="read the error above.",
-                )
+                what = f"silent_per_layer(model, batches, {case})"
+                got = call(ex, what, fn, model, list(batches), kind, hint="read the error above.")
             finally:
-                left = hook_count(model)
-        if left:
-            raise failure(
-                ex,
-                f"{left} hook(s) are still registered after silent_per_layer returned",
-                "keep the handles that register_forward_hook returns and call handle.remove() "
-                "on each, in a `finally:` block.",
-            )
+                left = hooks.hook_count(model)
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])]
-        if changed:
-            raise failure(
-                ex,
-                f"the call changed {changed}",
-                "run the model in eval mode (model.eval()) under torch.no_grad(): in training "
-                "mode BatchNorm normalises with the batch and updates its running statistics.",
-            )
-        modes = {m.training for m in model.modules()}
-        if modes != {start_training}:
-            raise failure(
-                ex,
-                f"the model was in {'training' if start_training else 'eval'} mode before the "
-                "call and is not any more",
-                "remember model.training before switching to eval mode, and restore it with "
-                "model.train(was_training) in the `finally:` block.",
-            )
-        result = _as_counts(ex, raw)
-        if set(result) != set(expected):
-            raise failure(
-                ex,
-                f"with nn.{kind.__name__}: layers {sorted(map(repr, result))}, expected "
-                f"{sorted(expected)}",
-                "hook every module m with isinstance(m, kind), and name it as "
-                "model.named_modules() does (nested modules are named like 'features.2').",
-            )
-        if result == expected:
-            summary.append(f"nn.{kind.__name__} {expected}")
+        mode = "training" if training else "eval"
+        _raise_first(ex, [
+            (left, f"{left} hook(s) are still registered after silent_per_layer returned",
+             "keep the handles of register_forward_hook; call handle.remove() on each."),
+            (changed, f"the call changed {changed}", "run the model in eval mode (model.eval()) "
+             "under torch.no_grad(): in training mode BatchNorm updates its statistics."),
+            ({m.training for m in model.modules()} != {training}, f"the model was in {mode} "
+             "mode before the call and is not any more", "restore it: model.train(was_training)."),
+        ])  # fmt: skip
+        got = _as_counts(ex, got)
+        if set(got) != set(expected):
+            layers = f"with {case}: layers {sorted(map(repr, got))}, expected {sorted(expected)}"
+            hint = "hook every module of type kind, named as model.named_modules() names it."
+            raise failure(ex, layers, hint)
+        if got == expected:
+            summary += [f"{case} {expected}"] if case != zero_case else []
             continue
-        one_batch = [_reference_silent(model, [b], kind) for b in batches]
-        on_output = _reference_silent(model, batches, kind, on_output=True)
-        if result in one_batch:
-            hint = (
-                "combine all the batches: keep, per unit, the largest input seen so far; a "
-                "unit is silent only if it never fired on any batch."
-            )
-        elif result == on_output:
-            hint = (
-                "count on the activation's *input* (the pre-activation, inputs[0] in the "
-                "hook): LeakyReLU's output is negative, never exactly 0, where it is silent."
-            )
-        else:
-            hint = (
-                "per unit (dim 1 of the input), take the maximum over every other dimension "
-                "and every batch; the unit is silent if it is <= 0."
-            )
-        raise failure(ex, f"with nn.{kind.__name__}: got {result}, expected {expected}", hint)
-    _check_zero_input(ex, fn, shortcuts)
-    model, batches = _probe_fixture(nn.ReLU)
-    model.train()
-    wrong_size = (torch.zeros(2, 1, 10, 10), torch.zeros(2))
+        combine = "combine all the batches: a unit is silent only if it never fired on any."
+        mistakes = [(_counts(maxima, slice(i, i + 1)), combine) for i in range(len(batches))] + [
+            (_counts(out_maxima), "count on the activation's *input* (inputs[0] in the "
+             "hook): LeakyReLU's output is never exactly 0."),
+            (_counts(maxima, strict=True), "an input of exactly 0 everywhere never fires "
+             "either (ReLU(0) = 0): count largest inputs <= 0, not < 0."),
+        ]  # fmt: skip
+        hint = _pick(got, mistakes, "per unit (dim 1), take the max over all else; silent if <= 0.")
+        raise failure(ex, f"with {case}: got {got}, expected {expected}", hint)
+    model, batches = _probe(nn.ReLU)
     with refuse(ex, shortcuts, task="the hook-based counter"):
         try:
-            fn(model, [batches[0], wrong_size], nn.ReLU)
+            fn(model, [batches[0], (torch.zeros(2, 1, 10, 10), torch.zeros(2))], nn.ReLU)
         except (NotImplementedError, AssertionError):
             raise
-        except Exception:  # noqa: BLE001 - the forward pass is meant to fail here
+        except Exception:  # the forward pass is meant to fail here
             pass
-    if hook_count(model):
-        raise failure(
-            ex,
-            "hooks stay registered when the forward pass raises (a batch of 10×10 images)",
-            "remove the hooks in a `finally:` block (or a context manager), so that an error "
-            "in model(x) cannot leave them behind.",
-        )
-    if not model.training:
-        raise failure(
-            ex,
-            "the model stays in eval mode when the forward pass raises",
-            "restore the mode in the `finally:` block too.",
-        )
+    problem = "hooks left or the mode changed when the forward pass raises (10×10 images)"
+    hint = "remove the hooks and restore the mode in a `finally:` block."
+    _raise_first(ex, [(hooks.hook_count(model) or not model.training, problem, hint)])
     passed(
         ex,
         "silent units per layer: " + "; ".join(summary) + "; mode restored, no hook left, "
@@ -455,154 +271,47 @@ def check_silent_per_layer(
 
 EXPERIMENT_ARMS = ("relu", "leaky_relu")
 EXPERIMENT_VERDICTS = ("more in ReLU", "more in LeakyReLU", "within noise")
-
-#: Task 3.4's protocol, pinned here (``LARGE_LR`` in the notebook is the learner's to edit):
-#: Adam at 10× the usual 1e-3, one epoch on ``train_small`` in shuffled batches of 64.
-TASK_LR = 10 * 1e-3
-TASK_EPOCHS = 1
-_PROTOCOL = (
-    "the task's protocol (train_one(activation, LARGE_LR, seed): one epoch of Adam at lr 0.01 "
-    "on train_small) and counted the units whose input was <= 0 on every image of val_loader"
-)
+TASK_LR = 10 * 1e-3  #: task 3.4: Adam at 10× the usual 1e-3, one epoch on train_small
+_PROTOCOL = "the task's protocol (train_one(activation, LARGE_LR, seed), inputs <= 0 on val_loader)"
 
 
 def _task_data() -> tuple[FashionMNISTTensors, FashionMNISTTensors]:
-    """Task 3.4's ``train_small`` (2,000 images) and ``val_small`` (1,000), as the setup cell
-    of the chapter 3 exercises builds them."""
+    """Task 3.4's ``train_small`` (2,000 images) and ``val_small`` (1,000)."""
     splits = load_tensors()
     return splits["train"].random_subset(2000, seed=0), splits["val"].random_subset(1000, seed=0)
 
 
-def _silent_counts(
-    model: nn.Module, probe: Iterable, kind: type[nn.Module]
-) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Per ``kind`` module, per batch: each unit's largest input and whether its output was 0
-    everywhere (eval mode, no gradients; the mode is restored, the hooks removed)."""
-    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            largest = inputs[0].detach().transpose(0, 1).flatten(1).amax(1).cpu()
-            zero_out = output.detach().eq(0).transpose(0, 1).flatten(1).all(1).cpu()
-            seen.setdefault(name, []).append((largest, zero_out))
-
-        return hook
-
-    handles = [
-        m.register_forward_hook(make_hook(n))
-        for n, m in model.named_modules()
-        if isinstance(m, kind)
-    ]
-    device = next(model.parameters()).device
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            for x, _ in probe:
-                model(x.to(device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return seen
-
-
-def _shares(seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, float]:
-    """The silent share by the task's rule, and by the counting mistakes the check recognises."""
-
-    def share(per_layer: list[tuple[int, int]]) -> float:
-        return sum(s for s, _ in per_layer) / max(sum(n for _, n in per_layer), 1)
-
-    def combined(pick: Callable[[list], list]) -> list[tuple[int, int]]:
-        out = []
-        for batches in seen.values():
-            largest = torch.stack([m for m, _ in pick(batches)]).amax(0)
-            out.append((int((largest <= 0).sum()), len(largest)))
-        return out
-
-    task = combined(lambda b: b)
-    on_output = [
-        (int(torch.stack([z for _, z in b]).all(0).sum()), len(b[0][1])) for b in seen.values()
-    ]
-    return {
-        "task": share(task),
-        "layer mean": sum(s / n for s, n in task) / max(len(task), 1),
-        "output": share(on_output),
-        "first batch": share(combined(lambda b: b[:1])),
-        "last batch": share(combined(lambda b: b[-1:])),
-    }
-
-
-def _rerun_silent_share(
-    activation: str,
-    seed: int,
-    train_data: FashionMNISTTensors,
-    probe: Iterable,
-    lr: float,
-    device: str | torch.device,
-) -> float:
-    """The task's protocol for one run: its share of silent units over all activation layers."""
-    return _rerun_shares(activation, seed, train_data, probe, lr, device)["task"]
-
-
-def _rerun_shares(
-    activation: str,
-    seed: int,
-    train_data: FashionMNISTTensors,
-    probe: Iterable,
-    lr: float,
-    device: str | torch.device,
-) -> dict[str, float]:
-    """One run trained by the task's protocol; its silent share, and the shares that the
-    recognised counting mistakes would give (see :func:`_shares`)."""
+def _rerun_shares(activation, seed, train_data, probe, lr, device) -> dict[str, float]:
+    """One run of the task's protocol: its silent share (``"task"``), and the shares that the
+    counting mistakes of :data:`_MISTAKES` would give."""
     with torch.random.fork_rng(devices=[]):
         seed_everything(seed)
         model = FashionCNN(activation=activation).to(device)
         batches = TensorLoader(train_data, 64, shuffle=True, seed=seed, device=device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        fit(model, batches, None, TASK_EPOCHS, optimizer, progress=False)
-    return _shares(_silent_counts(model, probe, ACTIVATIONS[activation]))
+        fit(model, batches, None, 1, torch.optim.Adam(model.parameters(), lr=lr), progress=False)
+    maxima, out_maxima = _unit_maxima(model, probe, ACTIVATIONS[activation])
+
+    def share(counts: dict) -> float:
+        return sum(s for s, _ in counts.values()) / max(sum(n for _, n in counts.values()), 1)
+
+    return {
+        "task": share(_counts(maxima)),
+        "layer mean": float(np.mean([s / n for s, n in _counts(maxima).values()])),
+        "output": share(_counts(out_maxima)),
+        "first batch": share(_counts(maxima, slice(0, 1))),
+        "last batch": share(_counts(maxima, slice(-1, None))),
+    }
 
 
+_FIX = "Fix silent_per_layer (Task 3.3), then recompute the shares."
 _MISTAKES = {  # a share the check recomputes: the mistake it names
-    "output": "your shares match counting on the activation's *output* (== 0): LeakyReLU's output "
-    "is never exactly 0, so its share comes out as 0. Fix silent_per_layer (Task 3.3) to count "
-    "on the input (<= 0), then recompute the shares.",
-    "first batch": "your shares match the first batch of val_loader only: silent_per_layer "
-    "(Task 3.3) must combine every batch (a unit is silent only if it never fired on any). Fix "
-    "it, then recompute the shares.",
-    "last batch": "your shares match the last batch of val_loader only: silent_per_layer (Task "
-    "3.3) must combine every batch, keeping each unit's largest input over all of them. Fix it, "
-    "then recompute the shares.",
-    "layer mean": "your shares match the mean of the per-layer shares; the task's share is all "
-    "silent units over all units of all activation layers: sum the counts first, then divide.",
+    "output": "your shares match counting on the activation's *output* (== 0): LeakyReLU's "
+    f"output is never exactly 0. Count on the input (<= 0). {_FIX}",
+    "first batch": f"your shares match the first batch of val_loader only. {_FIX}",
+    "last batch": f"your shares match the last batch of val_loader only. {_FIX}",
+    "layer mean": "your shares match the mean of the per-layer shares: sum the silent units "
+    "and all units over all activation layers first, then divide.",
 }
-
-
-def _explain_shares(
-    rerun: dict[tuple[str, int], dict[str, float]], tolerance: float
-) -> Callable[[Mapping[tuple[str, int], float], Mapping[tuple[str, int], float]], str | None]:
-    """The learner's earlier task or bookkeeping, before the protocol: which recognised mistake
-    every differing share matches."""
-
-    def explain(
-        reported: Mapping[tuple[str, int], float], again: Mapping[tuple[str, int], float]
-    ) -> str | None:
-        wrong = [r for r in again if not abs(again[r] - reported[r]) <= tolerance]
-        for mistake, hint in _MISTAKES.items():
-            if all(abs(rerun[r][mistake] - reported[r]) <= 1e-3 for r in wrong):
-                return hint
-        other = dict(zip(EXPERIMENT_ARMS, reversed(EXPERIMENT_ARMS), strict=True))
-        if all((other[a], s) in again for a, s in wrong) and all(
-            abs(again[other[a], s] - reported[a, s]) <= tolerance for a, s in wrong
-        ):
-            return (
-                "the arms are swapped: the shares under 'relu' are those of the LeakyReLU "
-                "runs. Store each share under the activation it was trained with."
-            )
-        return None
-
-    return explain
 
 
 def check_silent_experiment(
@@ -613,69 +322,42 @@ def check_silent_experiment(
     lr: float,
     device: str | torch.device = "cpu",
 ) -> None:
-    """Exercise 3.4: does a 10× learning rate silence more ReLU units than LeakyReLU units?
-
-    ``shares`` is ``{"relu": {seed: share}, "leaky_relu": {seed: share}}`` (2 seeds or more,
-    the same for both): the share of silent units over all activation layers of each run,
-    trained by the task's protocol at :data:`TASK_LR`. ``verdict`` is one of
-    ``EXPERIMENT_VERDICTS``, as the noise rule decides. ``lr``, ``train_data`` and ``probe``
-    must be the task's (``LARGE_LR``, ``train_small``, ``val_loader``); the check trains on its
-    own copy of the task's data. Every run is retrained (about a second each) and its share
-    recounted; a share that differs is first compared with the recognised counting mistakes
-    of Task 3.3 and with swapped arms, so that the hint names the mistake.
-
-    Raises:
-        AssertionError: with a hint.
-    """
-    ex = "3.4"
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isclose(lr, TASK_LR):
-        raise failure(
-            ex,
-            f"lr={lr!r}, but the task's large learning rate is 10 × 1e-3 = {TASK_LR:g}",
-            "set LARGE_LR = 10 * LR (LR = 1e-3), train every run with it and pass it as lr.",
-        )
-    train, val = _task_data()
-    if not same_data(train_data, train):
-        n = len(getattr(train_data, "labels", ()))
-        raise failure(
-            ex,
-            f"train_data ({n:,} images) is not the task's train_small ({len(train):,} images)",
-            "train every run on train_small (splits['train'].random_subset(2000, seed=0), as "
-            "the setup cell makes it) and pass it as train_data.",
-        )
-    if hasattr(probe, "images") and not same_data(probe, val):
-        raise failure(
-            ex,
-            "probe is not val_loader: its images are not the task's val_small",
-            "count the silent units on val_loader (the 1,000 images of val_small) and pass it "
-            "as probe.",
-        )
-    on = torch.device(device)
-    task_probe = TensorLoader(val, 500, device=on)
-    details: dict[tuple[str, int], dict[str, float]] = {}
+    """Exercise 3.4: does a 10× learning rate silence more ReLU than LeakyReLU units? Every run
+    of ``shares`` (``{arm: {seed: share}}``) is retrained on the task's data and recounted; the
+    verdict must follow the noise rule."""
+    ex, (train, val) = "3.4", _task_data()
+    wrong_lr = isinstance(lr, bool) or not isinstance(lr, int | float)
+    _raise_first(ex, [
+        (wrong_lr or not math.isclose(lr, TASK_LR), f"lr={lr!r}, but the task's is {TASK_LR:g}",
+         "set LARGE_LR = 10 * LR (LR = 1e-3), train every run with it and pass it as lr."),
+        (not same_data(train_data, train), "train_data is not the task's train_small",
+         "train every run on train_small and pass it as train_data."),
+        (hasattr(probe, "images") and not same_data(probe, val), "probe is not val_loader: "
+         "its images are not val_small", "count on val_loader and pass it as probe."),
+    ])  # fmt: skip
+    on, details, tolerance = torch.device(device), {}, 0.02
 
     def recompute(arm: str, seed: int) -> float:
-        details[arm, seed] = _rerun_shares(arm, seed, train, task_probe, TASK_LR, on)
+        probe = TensorLoader(val, 500, device=on)
+        details[arm, seed] = _rerun_shares(arm, seed, train, probe, TASK_LR, on)
         return details[arm, seed]["task"]
 
-    tolerance = 0.02
-    explain = _explain_shares(details, tolerance)
+    def explain(reported: Mapping, again: Mapping) -> str | None:
+        wrong = [r for r in again if not abs(again[r] - reported[r]) <= tolerance]
+        for mistake, hint in _MISTAKES.items():
+            if all(abs(details[r][mistake] - reported[r]) <= 1e-3 for r in wrong):
+                return hint
+        other = dict(zip(EXPERIMENT_ARMS, reversed(EXPERIMENT_ARMS), strict=True))
+        swapped = [abs(again.get((other[a], s), 9) - reported[a, s]) for a, s in wrong]
+        swap = "the arms are swapped: store each share under the activation it was trained with."
+        return swap if all(d <= tolerance for d in swapped) else None
+
     reported_runs_verdict(
-        ex,
-        shares,
-        verdict,
-        arms=EXPERIMENT_ARMS,
-        verdicts=EXPERIMENT_VERDICTS,
-        recompute=recompute,
-        tolerance=tolerance,
-        what="silent share",
-        value_range=(0.0, 1.0),
-        range_hint="a share is silent units / all units, between 0 and 1: divide the count "
-        "of silent units by the number of units of all activation layers.",
-        rerun="all",
-        explain=explain,
-        protocol=_PROTOCOL,
-    )
+        ex, shares, verdict, arms=EXPERIMENT_ARMS, verdicts=EXPERIMENT_VERDICTS,
+        recompute=recompute, tolerance=tolerance, what="silent share", value_range=(0.0, 1.0),
+        range_hint="a share is silent units / all units, between 0 and 1.", rerun="all",
+        explain=explain, protocol=_PROTOCOL,
+    )  # fmt: skip
     passed(
         ex,
         "the shares come from real runs (a rerun of one of them agrees), and the verdict "
