@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 QUICK ?=
 QUICK_FLAG := $(if $(filter-out 0,$(QUICK)),--quick,)
 
-.PHONY: help book test test-fast lint data lab exercises solutions grade bench gpu-run vendor-ort clean
+.PHONY: help book test test-fast lint data lab exercises solutions grade bench gpu-run vendor-ort vendor-axe clean
 
 help:
 	@echo "make book   - install, fetch data, execute every chapter (QUICK=1 for quick mode), build _build/html"
@@ -22,6 +22,7 @@ help:
 	@echo "make gpu-run - on a CUDA machine: every notebook in full mode with DEVICE=cuda, then the benchmark"
 	@echo "              (no venv needed; without papermill the notebooks run in process)"
 	@echo "make vendor-ort - re-vendor ONNX Runtime Web (npm) into book/_static/ort/ for the Try-the-model page"
+	@echo "make vendor-axe - re-vendor axe-core (npm, latest 4.x) into tests/vendor/axe-core/ for the accessibility test"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,3 +80,9 @@ vendor-ort: $(STAMP)
 
 clean:
 	rm -rf _build
+
+vendor-axe:
+	cd "$$(mktemp -d)" && npm pack axe-core@4 --silent >/dev/null && tar xzf axe-core-*.tgz \
+	  && cp package/axe.min.js package/LICENSE "$(CURDIR)/tests/vendor/axe-core/" \
+	  && grep -m1 -o 'axe v[0-9.]*' package/axe.min.js && sha256sum "$(CURDIR)/tests/vendor/axe-core/axe.min.js"
+	@echo "update the version and SHA-256 in tests/vendor/axe-core/README.md"

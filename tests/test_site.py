@@ -2,13 +2,15 @@
 
 The book is built in quick mode (reusing the executed notebooks of ``test_notebooks.py``, which
 runs first), served on 127.0.0.1, and every page in the table of contents is loaded. A screenshot
-of each page is saved to ``_build/screenshots/`` for a reviewer to look at.
+of each page is saved to ``_build/screenshots/`` for a reviewer to look at. axe-core, vendored in
+``tests/vendor/axe-core/``, checks every page against WCAG 2.x A/AA (``test_axe_every_page``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlparse
 
 import nbformat
@@ -34,6 +36,7 @@ def toc_pages() -> list[str]:
 
 
 PAGES = toc_pages()
+GENERATED_PAGES = ["genindex", "search"]  # pages Sphinx writes without a source file
 HIDDEN = {"remove-cell", "remove-output"}  # tags whose outputs never reach the page
 
 
@@ -55,6 +58,33 @@ CLIPPED_CODE_JS = """els => els
     .filter(e => e.scrollWidth > e.clientWidth + 1)
     .map(e => e.innerText.split("\\n").reduce((a, b) => (a.length >= b.length ? a : b)))"""
 IMAGE_FILE = re.compile(r"\.(png|jpe?g|svg|gif)$", re.IGNORECASE)
+
+# axe-core (vendored from npm, see tests/vendor/axe-core/README.md) with the WCAG 2.0-2.2 A and
+# AA rules, plus two best-practice rules whose violations book/_ext/course_a11y.py fixed and
+# that stay fixed: content outside landmarks and empty table header cells.
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
+AXE_EXTRA_RULES = ["region", "empty-table-header"]
+AXE_RUN_JS = """async ({tags, rules}) => {
+    const options = {
+        runOnly: {type: "tag", values: tags},
+        rules: Object.fromEntries(rules.map(id => [id, {enabled: true}])),
+        resultTypes: ["violations"],
+    };
+    const result = await axe.run(document, options);
+    return result.violations.map(v => ({
+        id: v.id, impact: v.impact, targets: v.nodes.map(n => n.target.join(" ")),
+    }));
+}"""
+# Saved ipywidgets render after the load: each widget's root is drawn next to its script tag,
+# and each Output widget shows its saved outputs.
+WIDGETS_DRAWN_JS = """() => {
+    const views = document.querySelectorAll(
+        'script[type="application/vnd.jupyter.widget-view+json"]');
+    return Array.from(views).every(s => s.parentElement.querySelector(".jupyter-widgets"))
+        && Array.from(document.querySelectorAll(".widget-output"))
+            .every(o => o.querySelector(".jp-OutputArea-output"));
+}"""
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [requires_chromium, pytest.mark.browser]  # Chromium
 
@@ -152,6 +182,40 @@ def test_page(site: str, browser, name: str) -> None:
         assert not broken, f"broken internal links: {broken}"
     finally:
         page.close()
+
+
+def axe_violations(page) -> list[dict[str, object]]:
+    """axe-core's violations on a loaded page (after its saved widgets are drawn): each rule's
+    id, impact and the CSS selectors of the elements that fail it."""
+    page.wait_for_function(WIDGETS_DRAWN_JS, timeout=15_000)
+    page.add_script_tag(path=str(AXE))
+    return page.evaluate(AXE_RUN_JS, {"tags": AXE_TAGS, "rules": AXE_EXTRA_RULES})
+
+
+def blocking(violation: dict[str, object]) -> bool:
+    """A critical or serious violation, or one of the two best-practice rules kept fixed."""
+    return violation["impact"] in ("critical", "serious") or violation["id"] in AXE_EXTRA_RULES
+
+
+def test_axe_every_page(site: str, browser) -> None:
+    """axe-core finds no critical or serious WCAG 2.x A/AA violation on any page of the book
+    (chapters, exercises, solutions, the other pages, the index and search pages), and no
+    content outside landmarks or empty table header. One browser, the pages in sequence; the
+    failure lists each page, rule, impact and the first elements that fail."""
+    problems = []
+    for name in PAGES + GENERATED_PAGES:
+        page, response, _, _ = open_page(browser, urljoin(site, f"{name}.html"))
+        try:
+            assert response is not None and response.status == 200, name
+            for v in filter(blocking, axe_violations(page)):
+                targets = v["targets"]
+                problems.append(
+                    f"{name}.html: {v['id']} ({v['impact']}, {len(targets)} element(s)): "
+                    + "; ".join(targets[:3])
+                )
+        finally:
+            page.close()
+    assert not problems, f"{len(problems)} axe violation(s):\n" + "\n".join(problems)
 
 
 @pytest.mark.skipif(
