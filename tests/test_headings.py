@@ -15,7 +15,9 @@ as the reader sees them:
   the shape of a section whose code went somewhere else.
 - **numbered headings are consecutive**: below the title, headings that start with a number
   (``## 1. …``, ``## Part 2: …``) count 1, 2, 3, … at each level within their parent section;
-  a chapter's title number is its file's number (``# 5. …`` in ``05_*.ipynb``).
+  a chapter's title number is its file's number (``# 5. …`` in ``05_*.ipynb``);
+- **no page over 3,000 words of prose** (the whitespace-separated words of its Markdown cells):
+  a longer chapter moves a part to an appendix page.
 
 The checks read the source notebooks (stored without outputs), so they need no build. To check
 other copies (an old version, say): ``python tests/test_headings.py PAGE.ipynb ...``.
@@ -218,6 +220,48 @@ def test_markdown_page_structure(path: Path) -> None:
     """The same for the book's Markdown pages."""
     problems = markdown_problems(path)
     assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+# A page is read, not skimmed: no chapter or appendix page has more than 3,000 words of prose
+# (whitespace-separated words of its Markdown cells, removed cells included).
+MAX_PROSE_WORDS = 3000
+
+
+def prose_words(cells: list[dict]) -> int:
+    """The whitespace-separated words of a notebook's Markdown cells."""
+    return sum(
+        len("".join(cell["source"]).split()) for cell in cells if cell["cell_type"] == "markdown"
+    )
+
+
+def prose_problem(path: Path) -> str | None:
+    """``None``, or a line naming the notebook and its word count when it is over the limit."""
+    words = prose_words(json.loads(Path(path).read_text(encoding="utf-8"))["cells"])
+    if words <= MAX_PROSE_WORDS:
+        return None
+    return (
+        f"{Path(path).parent.name}/{Path(path).name} has {words:,} words of prose (Markdown "
+        f"cells), over {MAX_PROSE_WORDS:,}: split it (an appendix page) or cut it"
+    )
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_page_has_more_than_3000_words_of_prose(path: Path) -> None:
+    """Every chapter and every executable book page (the appendices) stays readable."""
+    problem = prose_problem(path)
+    assert problem is None, problem
+
+
+def test_the_word_count_counts_markdown_cells_only(tmp_path: Path) -> None:
+    """Chapter 9's old bug: 4,981 words on one page. Code cells do not count; 3,001 words fail."""
+    cells = [_md("# T\n\n" + "word " * 2998), _code("x = 1 " * 5000)]
+    assert prose_words(cells) == 3000
+    page = tmp_path / "09_long.ipynb"
+    page.write_text(json.dumps({"cells": cells}), encoding="utf-8")
+    assert prose_problem(page) is None
+    cells.append(_md("one more"))
+    page.write_text(json.dumps({"cells": cells}), encoding="utf-8")
+    assert "09_long.ipynb has 3,002 words" in prose_problem(page)
 
 
 # The checker itself, on small pages with one known defect each (the defects this test exists
