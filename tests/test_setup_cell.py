@@ -252,3 +252,48 @@ def test_chapter_1_runs_in_a_fresh_venv_with_the_learner_extras(
     ran = nbformat.read(tmp_path / "ran.ipynb", as_version=4)
     setup = next(c for c in ran.cells if c.get("id") == setup_cell.CELL_ID)
     assert setup.outputs, "the setup cell printed nothing: did it install anything?"
+
+
+def _run_serve_cell(found: bool) -> list[tuple[str, str]]:
+    """Run chapter 9's ``serve-setup`` cell as IPython would, with ``find_spec`` answering
+    ``found``; the ``%pip`` lines it ran, with their ``{…}`` expanded as IPython does."""
+    from unittest import mock
+
+    from IPython.core.inputtransformer2 import TransformerManager
+    from IPython.utils.text import DollarFormatter
+
+    nb = nbformat.read(REPO_ROOT / "notebooks" / "09_serving.ipynb", as_version=4)
+    source = next(c.source for c in nb.cells if c.get("id") == "serve-setup")
+    ran: list[tuple[str, str]] = []
+    namespace: dict = {}
+
+    class Shell:
+        def run_line_magic(self, name: str, line: str) -> None:
+            ran.append((name, DollarFormatter().vformat(line, args=[], kwargs=namespace)))
+
+    namespace["get_ipython"] = Shell
+    spec = object() if found else None
+    with mock.patch("importlib.util.find_spec", return_value=spec):
+        exec(TransformerManager().transform_cell(source), namespace)
+    return ran
+
+
+def test_chapter_9_adds_the_serve_extra_where_the_server_packages_are_missing() -> None:
+    """Where Flask, Waitress or Streamlit is missing (Colab after the setup cell), chapter 9's
+    second cell pip-installs exactly the ``serve`` extra's requirements; elsewhere nothing."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {canonicalize_name(Requirement(r).name): Requirement(r).specifier
+              for r in project["optional-dependencies"]["serve"]}  # fmt: skip
+    assert _run_serve_cell(found=True) == []
+    ((magic, line),) = _run_serve_cell(found=False)
+    assert magic == "pip" and line.startswith("install --quiet ")
+    asked = [Requirement(word.strip("'")) for word in line.split()[2:]]
+    assert {canonicalize_name(r.name): r.specifier for r in asked} == wanted
+    for path in ("solutions/09_serving_solutions.ipynb", "exercises/09_serving_exercises.ipynb"):
+        nb = nbformat.read(REPO_ROOT / path, as_version=4)
+        assert [c.source for c in nb.cells if c.get("id") == "serve-setup"] == [
+            next(c.source for c in nbformat.read(
+                REPO_ROOT / "notebooks" / "09_serving.ipynb", as_version=4
+            ).cells if c.get("id") == "serve-setup")
+        ], path  # fmt: skip

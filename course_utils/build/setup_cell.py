@@ -82,12 +82,18 @@ def _position(nb: NotebookNode) -> int:
     return 1 if nb.cells and nb.cells[0].cell_type == "markdown" else 0
 
 
-def _is_current(cell: NotebookNode, source: str) -> bool:
+def _count(path: Path) -> int | None:
+    """The cell's stored execution count: solutions/ are stored executed (strict nbval's
+    reference; the cell ran and printed nothing), the other notebooks without outputs."""
+    return 1 if path.parent.name == "solutions" else None
+
+
+def _is_current(cell: NotebookNode, source: str, count: int | None) -> bool:
     return (
         cell.source == source
         and dict(cell.metadata) == METADATA
         and not cell.get("outputs")
-        and cell.get("execution_count") is None
+        and cell.get("execution_count") == count
     )
 
 
@@ -99,7 +105,7 @@ def _problem(path: Path, source: str) -> str | None:
         return "no setup cell right after the title"
     if sum(c.get("id") == CELL_ID for c in nb.cells) != 1:
         return "more than one setup cell"
-    if not _is_current(nb.cells[at], source):
+    if not _is_current(nb.cells[at], source, _count(path)):
         return "the setup cell is not the current one (code, metadata, or a stored output)"
     return None
 
@@ -114,8 +120,9 @@ def sync(root: Path | None = None) -> list[Path]:
         nb = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
         old = next((c for c in nb.cells if c.get("id") == CELL_ID), None)
         nb.cells = [c for c in nb.cells if c.get("id") != CELL_ID]
-        if old is None or not _is_current(old, source):
+        if old is None or not _is_current(old, source, _count(path)):
             old = nbformat.v4.new_code_cell(source, metadata=copy.deepcopy(METADATA), id=CELL_ID)
+            old.execution_count = _count(path)
         nb.cells.insert(_position(nb), old)
         new = render(nb)
         if new != text:
