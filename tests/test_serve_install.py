@@ -120,8 +120,7 @@ def test_a_fresh_serving_environment_serves_an_onnx_model(tmp_path: Path) -> Non
         expected = int(model(torch.from_numpy(normalise_array(pixels))).argmax(1))
 
     server = subprocess.Popen(  # from tmp_path: the installed package, not this checkout
-        [str(python), "-m", "serving.serve", "serve", "--model", str(model_path)]
-        + ["--port", "0"],
+        [str(python), "-m", "serving.serve", "serve", "--model", str(model_path)] + ["--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -30,8 +30,8 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from .exercises import BEGIN, BEGIN_FULL
 from ..paths import BUILD_DIR, REPO_ROOT
+from .exercises import BEGIN, BEGIN_FULL
 
 __all__ = [
     "NotebookGrade",

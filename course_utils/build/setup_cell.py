@@ -3,10 +3,11 @@
 Colab (and any Jupyter without the course) opens a notebook from the repository with nothing of
 the course installed. The cell, right after each notebook's title and hidden from the book
 (``remove-cell``), does nothing where ``import course_utils`` works; elsewhere it runs one
-``%pip install`` of the course's archive on GitHub (``repository.url`` + ``branch`` of ``_config.yml``,
-baked in because Colab has no ``_config.yml``) with the ``chapters`` extra: what the chapters run,
-no book build, no server. pip keeps an installed torch that fits the bounds (Colab's own build).
-The data needs no step of its own: each chapter's first data call fetches and verifies it.
+``%pip install`` of the course's archive on GitHub (``repository.url`` + ``branch`` of
+``_config.yml``, baked in because Colab has no ``_config.yml``) with the ``chapters`` extra: what
+the chapters run, no book build, no server. pip keeps an installed torch that fits the bounds
+(Colab's own build). The data needs no step of its own: each chapter's first data call fetches
+and verifies it.
 
 Usage::
 
