@@ -85,11 +85,9 @@ def test_a_fresh_serving_environment_serves_an_onnx_model(tmp_path: Path) -> Non
     skip_unless_the_index_answers(pip, tmp_path / "probe")
     subprocess.run([*pip, "install", "-r", str(REQUIREMENTS)], check=True, timeout=600)
     source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
-    shutil.copytree(
-        REPO_ROOT / "course_utils",
-        source / "course_utils",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for package in ("course_utils", "serving"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(REPO_ROOT / package, source / package, ignore=ignore)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO_ROOT / name, source / name)
     subprocess.run([*pip, "install", "--no-deps", str(source)], check=True, timeout=600)
