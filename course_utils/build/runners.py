@@ -339,8 +339,21 @@ def _swapped_module(name: str, module: types.ModuleType) -> Iterator[None]:
             sys.modules[name] = old
 
 
+def _python(source: str) -> str:
+    """``source`` with IPython's syntax (``%pip``, ``!cmd``) turned into Python calls, as Jupyter
+    does (the setup cells' ``%pip`` sits in a branch that runs only without the course; a magic
+    that does run here fails with a NameError: there is no IPython shell); as is without IPython.
+    """
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+    except ImportError:
+        return source
+    return TransformerManager().transform_cell(source)
+
+
 def _exec_cell(source: str, namespace: dict[str, Any], filename: str) -> Any:
     """Run ``source``; return the value of its last line if that is an expression (else None)."""
+    source = _python(source)
     # Registered like IPython's cells, so inspect.getsource (torch.jit.script) and tracebacks
     # can read the code back.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
