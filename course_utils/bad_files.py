@@ -1,18 +1,22 @@
-"""Bad and unusual image files, written on purpose: a decompression bomb and one example of each
+"""Bad and unusual image files, made on purpose: a decompression bomb and one example of each
 kind of input :class:`course_utils.pngfolder.PNGFolder` has a policy for (chapter 7 and the
-tests feed them to the loaders; the serving tests send the bomb)."""
+tests feed them to the loaders; the serving tests send the bomb), a huge 16-bit PNG (the
+serving appendix's memory test) and a Fashion-MNIST image dressed up as a shop photo (chapter
+9's train/serve skew measurement)."""
 
 from __future__ import annotations
 
 import functools
+import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["make_bad_examples", "write_decompression_bomb"]
+__all__ = ["catalogue_photo", "make_bad_examples", "sixteen_bit_png", "write_decompression_bomb"]
 
 
 def write_decompression_bomb(path: str | Path, width: int = 30000, height: int = 30000) -> int:
@@ -98,3 +102,38 @@ def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
     except (OSError, NotImplementedError):  # Windows without the privilege
         return expected
     return {**expected, "broken_link.png": "bad"}
+
+
+def sixteen_bit_png(side: int) -> bytes:
+    """A ``side × side`` 16-bit greyscale PNG of a bright garment-like block on black (a few
+    dozen kB on disk, 2 bytes per pixel decoded)."""
+    pixels = np.zeros((side, side), dtype=np.uint16)
+    pixels[side // 8 : -side // 8, side // 4 : -side // 4] = 40_000
+    pixels[side // 4 : side // 2, side // 3 : -side // 3] = 65_535
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def catalogue_photo(
+    pixels: Any,
+    size: tuple[int, int] = (150, 110),
+    tint: tuple[int, int, int] = (40, 60, 110),
+    quality: int = 90,
+) -> bytes:
+    """A Fashion-MNIST image (array or tensor) dressed up as a shop photo: a tinted garment on
+    white, enlarged into a ``size`` (width, height) canvas with margins, saved as an RGB JPEG.
+
+    It is the same garment, so a correct preprocessing pipeline should still classify it.
+    """
+    array = pixels.numpy() if hasattr(pixels, "numpy") else np.asarray(pixels)
+    alpha = array.astype(np.float32)[..., None] / 255  # how much garment is in each pixel
+    rgb = (255 * (1 - alpha) + np.asarray(tint, np.float32) * alpha).round().astype(np.uint8)
+    width, height = size
+    side = int(min(width, height) * 0.9)
+    garment = Image.fromarray(rgb, mode="RGB").resize((side, side), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", size, "white")
+    canvas.paste(garment, ((width - side) // 2, (height - side) // 2))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import math
 import os
@@ -31,8 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from course_utils.bad_files import sixteen_bit_png
 from course_utils.paths import REPO_ROOT
 
 from .serve import DEFAULT_THREADS
@@ -153,7 +152,7 @@ def _bench_images(n: int = 200) -> tuple[list[bytes], np.ndarray]:
 
 def _expected(model_path: Path, images: np.ndarray) -> list[int]:
     """The model's own predictions on ``images``, loaded the way the server loads it."""
-    from .serve import load_model
+    from .inference import load_model
 
     x = np.concatenate([normalise_array(img) for img in images])
     return load_model(model_path)(x).argmax(1).tolist()
@@ -375,17 +374,6 @@ class MemoryReport:
             f"{self.seconds:.1f} s: answers {answers}; server RSS {self.rss_start_mb:.0f} MB at "
             f"start, peak {self.peak_rss_mb:.0f} MB"
         )
-
-
-def sixteen_bit_png(side: int) -> bytes:
-    """A ``side × side`` 16-bit greyscale PNG of a bright garment-like block on black (a few
-    dozen kB on disk, 2 bytes per pixel decoded)."""
-    pixels = np.zeros((side, side), dtype=np.uint16)
-    pixels[side // 8 : -side // 8, side // 4 : -side // 4] = 40_000
-    pixels[side // 4 : side // 2, side // 3 : -side // 3] = 65_535
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _peak_rss_mb(pid: int) -> tuple[float, float]:

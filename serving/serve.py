@@ -15,8 +15,9 @@ status 2), with a message that says why. So does a port that is already taken.
 
 Loading the model file and building the answer live in :mod:`serving.inference`, the form's
 limits in :mod:`serving.form_limits`, the upload preprocessing in :mod:`serving.upload`
-(NumPy and Pillow only); all are re-exported here. The load benchmark, which starts this server
-in a subprocess, is :mod:`serving.loadtest` (``python -m serving.loadtest``).
+(NumPy and Pillow only): import each name from the module that defines it. The load benchmark,
+which starts this server in a subprocess, is :mod:`serving.loadtest` (``python -m
+serving.loadtest``).
 
 The API (:func:`create_app`): ``POST /predict`` with a ``multipart/form-data`` field ``file``
 returns ``{"label", "class_index", "probabilities": [{"label", "class_index", "probability"},
@@ -52,78 +53,30 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from course_utils.artefacts import ModelFileError
+from course_utils.fashion_mnist import CLASSES
 
 from .form_limits import MAX_FIELD_BYTES, MAX_FORM_PARTS, FormLimitExceeded, UploadRequest
-from .inference import MODEL_SUFFIXES, load_model, predict_response, response_from_logits
+from .inference import load_model, response_from_logits
 from .upload import (
-    CLASSES,
     DEFAULT_MAX_DECODE_BYTES,
     DEFAULT_MAX_PIXELS,
-    FORMATS,
-    ImageTooLarge,
-    InvalidImage,
     MemoryBudget,
     PreprocessError,
-    ServerBusy,
-    UnsupportedImage,
-    catalogue_photo,
-    crop_to_content,
-    decode_image,
-    encode_png,
-    fit_to_square,
-    needs_inversion,
-    normalise,
-    normalise_array,
-    open_image,
     preprocess_array,
-    preprocess_image,
-    stretch_contrast,
-    to_grey,
 )
 
 __all__ = [
-    "CLASSES",
+    "CONNECTION_LIMIT",
     "DEFAULT_MAX_BYTES",
-    "DEFAULT_MAX_DECODE_BYTES",
-    "DEFAULT_MAX_PIXELS",
     "DEFAULT_MEMORY_BUDGET",
     "DEFAULT_THREADS",
-    "CONNECTION_LIMIT",
     "IDLE_TIMEOUT_S",
-    "FORMATS",
-    "MAX_FIELD_BYTES",
-    "MAX_FORM_PARTS",
-    "MODEL_SUFFIXES",
     "TOP_K",
-    "FormLimitExceeded",
-    "ImageTooLarge",
-    "InvalidImage",
-    "MemoryBudget",
-    "ModelFileError",
-    "PreprocessError",
-    "ServerBusy",
     "ServerThread",
-    "UnsupportedImage",
-    "UploadRequest",
-    "catalogue_photo",
     "create_app",
-    "crop_to_content",
-    "decode_image",
-    "encode_png",
-    "fit_to_square",
-    "load_model",
+    "main",
     "make_server",
-    "needs_inversion",
-    "normalise",
-    "normalise_array",
-    "open_image",
-    "predict_response",
-    "preprocess_array",
-    "preprocess_image",
-    "response_from_logits",
     "serve_in_background",
-    "stretch_contrast",
-    "to_grey",
 ]
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024  # 8 MiB: a 12-megapixel phone JPEG fits, a video does not
@@ -310,18 +263,20 @@ class ServerThread:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Close every connection from the server's own loop, stop the workers, join the thread."""
+        """Stop the workers (each finishes its request first), then close every connection from
+        the server's own loop and join the thread. In the other order a worker that finishes
+        after the close finds the loop's trigger closed, and waitress logs the OSError."""
         from waitress import wasyncore
 
         def close_all() -> None:
             wasyncore.close_all(self.server._map)
 
+        self.server.task_dispatcher.shutdown(timeout=timeout)
         try:
             self.server.trigger.pull_trigger(close_all)
         except OSError:  # the loop already closed its trigger: it has stopped by itself
             wasyncore.close_all(self.server._map)
         self.thread.join(timeout)
-        self.server.task_dispatcher.shutdown()
         if self.thread.is_alive():
             raise RuntimeError(f"the server thread did not stop within {timeout} s")
 

@@ -45,27 +45,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from course_utils.fashion_mnist import CLASSES, MEAN, STD
+from course_utils.fashion_mnist import MEAN, STD
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "CLASSES",
     "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "FORMATS",
-    "MEAN",
-    "SIZE",
-    "STD",
-    "ImageTooLarge",
     "MAX_JPEG_SCANS",
+    "SIZE",
+    "ImageTooLarge",
     "InvalidImage",
     "MemoryBudget",
     "PreprocessError",
     "ServerBusy",
     "UnsupportedImage",
-    "catalogue_photo",
     "crop_to_content",
     "decode_cost",
     "decode_image",
@@ -488,28 +484,4 @@ def encode_png(pixels: Any) -> bytes:
     array = pixels.numpy() if hasattr(pixels, "numpy") else np.asarray(pixels)
     buffer = io.BytesIO()
     Image.fromarray(array.astype(np.uint8), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def catalogue_photo(
-    pixels: Any,
-    size: tuple[int, int] = (150, 110),
-    tint: tuple[int, int, int] = (40, 60, 110),
-    quality: int = 90,
-) -> bytes:
-    """A Fashion-MNIST image (array or tensor) dressed up as a shop photo: a tinted garment on
-    white, enlarged into a ``size`` (width, height) canvas with margins, saved as an RGB JPEG.
-
-    It is the same garment, so a correct preprocessing pipeline should still classify it.
-    """
-    array = pixels.numpy() if hasattr(pixels, "numpy") else np.asarray(pixels)
-    alpha = array.astype(np.float32)[..., None] / 255  # how much garment is in each pixel
-    rgb = (255 * (1 - alpha) + np.asarray(tint, np.float32) * alpha).round().astype(np.uint8)
-    width, height = size
-    side = int(min(width, height) * 0.9)
-    garment = Image.fromarray(rgb, mode="RGB").resize((side, side), Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", size, "white")
-    canvas.paste(garment, ((width - side) // 2, (height - side) // 2))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()

@@ -20,8 +20,8 @@ from course_utils.checks.ch09 import (
 )
 from course_utils.checks.ch09_flask import check_flask_app
 from course_utils.data import CLASSES, MEAN, STD
-from serving import serve
-from serving.serve import crop_to_content, fit_to_square, normalise, stretch_contrast
+from serving import inference, serve, upload
+from serving.upload import crop_to_content, fit_to_square, normalise, stretch_contrast
 
 # --- 9.1: preprocess_upload -----------------------------------------------------------------------
 
@@ -118,25 +118,25 @@ def test_preprocess_silent_value_error_fails() -> None:
 
 
 def preprocess_with_package(data: bytes) -> torch.Tensor:
-    return serve.preprocess_image(data)
+    return upload.preprocess_image(data)
 
 
 def preprocess_with_package_parts(data: bytes) -> torch.Tensor:
-    grey = to_grey(decode_image(data))  # names imported from serving.serve
-    if serve.needs_inversion(grey):
+    grey = to_grey(decode_image(data))  # names imported from serving.upload
+    if upload.needs_inversion(grey):
         grey = 255 - grey
     if grey.shape != (28, 28):
         grey = stretch_contrast(fit_to_square(crop_to_content(grey)))
     return normalise(grey)
 
 
-decode_image, to_grey = serve.decode_image, serve.to_grey  # `from serving.serve import …`
+decode_image, to_grey = upload.decode_image, upload.to_grey  # `from serving.upload import …`
 
 
 @pytest.mark.parametrize(
     ("shortcut", "label"),
     [
-        (preprocess_with_package, "serving.serve.preprocess_image"),
+        (preprocess_with_package, "serving.upload.preprocess_image"),
         (preprocess_with_package_parts, ".decode_image"),
     ],
     ids=["package_preprocess_image", "package_decode_and_grey_imported_by_name"],
@@ -144,10 +144,10 @@ decode_image, to_grey = serve.decode_image, serve.to_grey  # `from serving.serve
 def test_preprocess_shortcut_is_refused(
     shortcut: Any, label: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    originals = {n: getattr(serve, n) for n in ("preprocess_image", "decode_image", "to_grey")}
+    originals = {n: getattr(upload, n) for n in ("preprocess_image", "decode_image", "to_grey")}
     fails(check_preprocess_fn, shortcut, label, "9.1", capsys)
     for name, original in originals.items():
-        assert getattr(serve, name) is original, f"serve.{name} was not restored"
+        assert getattr(upload, name) is original, f"upload.{name} was not restored"
     assert globals()["decode_image"] is originals["decode_image"], "the alias was not restored"
 
 
@@ -228,19 +228,19 @@ def test_batch_response_wrong_answer_fails(
 
 def batch_response_with_package(model: nn.Module, x: torch.Tensor, top_k: int = 3) -> dict:
     model.eval()
-    return {"predictions": [serve.predict_response(model, x, top_k)]}
+    return {"predictions": [inference.predict_response(model, x, top_k)]}
 
 
 def test_batch_response_shortcut_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    original = serve.predict_response
+    original = inference.predict_response
     fails(
         check_batch_response_fn,
         batch_response_with_package,
-        "serving.serve.predict_response",
+        "serving.inference.predict_response",
         "9.2",
         capsys,
     )
-    assert serve.predict_response is original
+    assert inference.predict_response is original
 
 
 def test_batch_response_numpy_numbers_fail(capsys: pytest.CaptureFixture[str]) -> None:

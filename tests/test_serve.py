@@ -6,8 +6,10 @@ Cost: about 40 s on 2 CPU cores (one ONNX export, a few server subprocesses, a 5
 
 from __future__ import annotations
 
+import ast
 import io
 import json
+import logging
 import random
 import socket
 import struct
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
 
+import flask
 import numpy as np
 import pytest
 import requests
@@ -30,19 +33,19 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from course_utils.artefacts import ModelFileError, save_atomically
+from course_utils.bad_files import catalogue_photo, sixteen_bit_png
 from course_utils.data import CLASSES, MEAN, STD
 from course_utils.paths import REPO_ROOT
 from course_utils.train import save_checkpoint
-from serving import loadtest, serve, upload
+from serving import form_limits, inference, loadtest, serve, upload
 from serving.loadtest import bench, bench_sweep
-from serving.serve import (
+from serving.serve import create_app, serve_in_background
+from serving.upload import (
     ImageTooLarge,
     InvalidImage,
     UnsupportedImage,
-    create_app,
     encode_png,
     preprocess_image,
-    serve_in_background,
 )
 
 
@@ -135,6 +138,29 @@ def run_python(code: str, timeout: float = 120) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# --- the package ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module", [form_limits, inference, loadtest, serve, upload], ids=lambda m: m.__name__
+)
+def test_each_module_exports_only_what_it_defines_in_at_most_500_lines(module) -> None:
+    """Each name is imported from the module that defines it (``serve`` once re-exported some 30
+    names of the others, for chapter 9 to import them all from one place), and no module of the
+    package outgrows 500 lines."""
+    source = Path(module.__file__).read_text()
+    defined = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            defined.add(node.target.id)
+    assert set(module.__all__) <= defined, f"not defined here: {set(module.__all__) - defined}"
+    assert len(source.splitlines()) <= 500
+
+
 # --- preprocessing --------------------------------------------------------------------------------
 
 
@@ -171,17 +197,17 @@ def test_crop_and_stretch() -> None:
     grey = np.zeros((40, 60), dtype=np.uint8)
     grey[5:15, 20:50] = 100
     grey[0, 0] = 5  # JPEG-like noise below the threshold is not content
-    assert serve.crop_to_content(grey).shape == (10, 30)
-    assert serve.crop_to_content(np.zeros((5, 5), np.uint8)).shape == (5, 5)
-    assert serve.stretch_contrast(grey).max() == 255
-    assert serve.stretch_contrast(grey)[0, 0] == 13  # 5 × 255 / 100, rounded
+    assert upload.crop_to_content(grey).shape == (10, 30)
+    assert upload.crop_to_content(np.zeros((5, 5), np.uint8)).shape == (5, 5)
+    assert upload.stretch_contrast(grey).max() == 255
+    assert upload.stretch_contrast(grey)[0, 0] == 13  # 5 × 255 / 100, rounded
 
 
 def test_a_catalogue_photo_of_a_garment_comes_back_close(fashion_splits) -> None:
     """Dark-on-white, tinted, enlarged with margins, JPEG: preprocessing undoes most of it."""
     corrs = []
     for pixels in fashion_splits["test"].images[:20]:
-        photo = serve.catalogue_photo(pixels)
+        photo = catalogue_photo(pixels)
         assert Image.open(io.BytesIO(photo)).format == "JPEG"
         back = preprocess_image(photo).flatten()
         corrs.append(
@@ -189,7 +215,7 @@ def test_a_catalogue_photo_of_a_garment_comes_back_close(fashion_splits) -> None
         )
     assert np.mean(corrs) > 0.85 and min(corrs) > 0.6, corrs
     # without the inversion the garment is dark on black: anti-correlated with the training input
-    back = preprocess_image(serve.catalogue_photo(pixels), invert=False).flatten()
+    back = preprocess_image(catalogue_photo(pixels), invert=False).flatten()
     assert torch.corrcoef(torch.stack([back, reference_input(pixels).flatten()]))[0, 1] < 0
 
 
@@ -267,7 +293,7 @@ def test_pillow_warns_above_its_limit_raises_above_twice_it_and_the_server_refus
     own header check refuses the image), and raises above twice it, inside ``Image.open``
     (the server turns that error into the same 413)."""
     limit = Image.MAX_IMAGE_PIXELS
-    assert limit > serve.DEFAULT_MAX_PIXELS  # the server's own limit is the stricter one
+    assert limit > upload.DEFAULT_MAX_PIXELS  # the server's own limit is the stricter one
     warned = forged_png(*[int((1.5 * limit) ** 0.5)] * 2)  # between the limit and twice it
     with pytest.warns(Image.DecompressionBombWarning):
         Image.open(io.BytesIO(warned))
@@ -284,7 +310,7 @@ def test_pillow_warns_above_its_limit_raises_above_twice_it_and_the_server_refus
 
 
 def test_preprocess_array_is_the_tensor_as_numpy(garments: torch.Tensor) -> None:
-    photo = serve.catalogue_photo(garments[3])
+    photo = catalogue_photo(garments[3])
     x = upload.preprocess_array(photo)
     assert isinstance(x, np.ndarray) and x.dtype == np.float32 and x.shape == (1, 1, 28, 28)
     assert np.array_equal(x, preprocess_image(photo).numpy())
@@ -379,7 +405,7 @@ def test_a_16_bit_4096_png_is_handled_within_its_decode_cost() -> None:
         """
         import json
         from serving import upload
-        from serving.loadtest import sixteen_bit_png
+        from course_utils.bad_files import sixteen_bit_png
 
         def status():
             fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -447,7 +473,7 @@ def test_every_kind_of_model_file_gives_the_models_logits(
     x = torch.cat([reference_input(p) for p in garments])
     with torch.inference_mode():
         expected = model(x).numpy()
-    logits = serve.load_model(model_dir / f"untrained{suffix}")(x.numpy())
+    logits = inference.load_model(model_dir / f"untrained{suffix}")(x.numpy())
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
     assert (logits.argmax(1) == expected.argmax(1)).all()
 
@@ -639,8 +665,8 @@ def test_response_from_logits_agrees_with_predict_response(model, garments) -> N
     x = reference_input(garments[1])
     with torch.inference_mode():
         logits = model(x)[0].numpy()
-    ours = serve.response_from_logits(logits, 10)
-    theirs = serve.predict_response(model, x, 10)
+    ours = inference.response_from_logits(logits, 10)
+    theirs = inference.predict_response(model, x, 10)
     assert ours["class_index"] == theirs["class_index"]
     for a, b in zip(ours["probabilities"], theirs["probabilities"], strict=True):
         assert a["class_index"] == b["class_index"]
@@ -714,13 +740,13 @@ def test_a_body_that_is_not_multipart_is_415_without_an_echo(client, body, conte
 def test_too_many_parts_is_413_and_says_so(client) -> None:
     form = {f"f{i}": "" for i in range(50)}  # a small body: 50 empty fields
     response = client.post("/predict", data=form, content_type="multipart/form-data")
-    assert_json_error(response, 413, f"more than {serve.MAX_FORM_PARTS} parts")
+    assert_json_error(response, 413, f"more than {form_limits.MAX_FORM_PARTS} parts")
     assert "bytes allowed" not in response.get_json()["message"]
 
 
 def test_the_part_limit_is_exact(client) -> None:
     png = encode_png(np.zeros((28, 28), np.uint8))
-    extra = {f"f{i}": "" for i in range(serve.MAX_FORM_PARTS - 1)}
+    extra = {f"f{i}": "" for i in range(form_limits.MAX_FORM_PARTS - 1)}
     form = {**extra, "file": (io.BytesIO(png), "a.png")}  # exactly MAX_FORM_PARTS parts
     assert client.post("/predict", data=form).status_code == 200
     form = {**extra, "g": "", "file": (io.BytesIO(png), "a.png")}  # one more
@@ -729,11 +755,11 @@ def test_the_part_limit_is_exact(client) -> None:
 
 def test_an_oversized_text_field_is_413_and_says_so(client) -> None:
     png = encode_png(np.zeros((28, 28), np.uint8))
-    form = {"note": "x" * serve.MAX_FIELD_BYTES, "file": (io.BytesIO(png), "a.png")}
+    form = {"note": "x" * form_limits.MAX_FIELD_BYTES, "file": (io.BytesIO(png), "a.png")}
     assert client.post("/predict", data=form).status_code == 200  # at the limit: kept
-    form = {"note": "x" * (serve.MAX_FIELD_BYTES + 1), "file": (io.BytesIO(png), "a.png")}
+    form = {"note": "x" * (form_limits.MAX_FIELD_BYTES + 1), "file": (io.BytesIO(png), "a.png")}
     response = client.post("/predict", data=form, content_type="multipart/form-data")
-    limit = f"{serve.MAX_FIELD_BYTES:,} bytes"
+    limit = f"{form_limits.MAX_FIELD_BYTES:,} bytes"
     assert_json_error(response, 413, f"a text field of the form is larger than the {limit}")
 
 
@@ -855,7 +881,7 @@ def test_a_bug_is_a_500_json_without_traceback(model_path: Path, monkeypatch) ->
 
 def test_a_single_huge_16_bit_png_is_answered(client) -> None:
     """4096² 16-bit: within the limits, answered (200 or a 4xx), never a 5xx."""
-    response = post(client, loadtest.sixteen_bit_png(4096))
+    response = post(client, sixteen_bit_png(4096))
     assert response.status_code < 500 and response.is_json
 
 
@@ -935,6 +961,60 @@ def test_waitress_refuses_a_body_over_the_apps_limit_before_reading_it(model_pat
         assert below.status_code == 400 and "malformed" in below.json()["message"]  # Flask's
     finally:
         server.stop()
+
+
+def test_stop_lets_a_request_in_flight_finish_before_closing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``ServerThread.stop`` while a worker is inside the app: the worker finishes and its client
+    gets the answer, and waitress logs no error. (Closing the connections first made the worker
+    find the loop's trigger closed when it finished: "Exception when servicing … OSError: [Errno
+    9] Bad file descriptor" under the appendix's latency cell.) Events order the steps."""
+    from waitress import wasyncore
+
+    entered, release, stopping = threading.Event(), threading.Event(), threading.Event()
+
+    slow_app = flask.Flask("slow")
+    slow_app.config["MAX_CONTENT_LENGTH"] = 1024  # make_server takes its body limit from here
+
+    @slow_app.get("/")
+    def slow() -> str:
+        entered.set()
+        release.wait(10)
+        return "done"
+
+    server = serve.ServerThread(slow_app).start()
+    close_all = wasyncore.close_all
+    monkeypatch.setattr(
+        wasyncore, "close_all", lambda *a, **k: (stopping.set(), close_all(*a, **k))
+    )
+    shutdown = server.server.task_dispatcher.shutdown
+    monkeypatch.setattr(
+        server.server.task_dispatcher,
+        "shutdown",
+        lambda *a, **k: (stopping.set(), shutdown(*a, **k)),
+    )
+    answers: list[object] = []
+
+    def client() -> None:
+        try:
+            answers.append(requests.get(server.url, timeout=10).status_code)
+        except requests.RequestException as err:
+            answers.append(err)
+
+    asking = threading.Thread(target=client)
+    asking.start()
+    assert entered.wait(10), "the request never reached the app"
+    stopper = threading.Thread(target=server.stop)
+    with caplog.at_level(logging.ERROR, logger="waitress"):
+        stopper.start()
+        assert stopping.wait(10), "stop() neither drained the workers nor closed the connections"
+        release.set()  # the worker finishes only now, after stop() has begun
+        stopper.join(15)
+        asking.join(15)
+    assert not stopper.is_alive() and not server.thread.is_alive()
+    assert answers == [200], answers
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_real_server_under_concurrent_load(model_path: Path, model, garments: torch.Tensor) -> None:

@@ -24,6 +24,7 @@ import torch
 from browser_support import chromium, requires_chromium, serve_directory
 from PIL import Image
 
+from course_utils.bad_files import catalogue_photo
 from course_utils.build import web_model
 from course_utils.data import load_tensors
 from course_utils.export import export_onnx
@@ -134,7 +135,7 @@ def larger_images() -> list[tuple[str, np.ndarray]]:
     """A shop-style photo as RGBA pixels (decoded by Pillow), and a transparent cut-out."""
     test = load_tensors(None)["test"].images
     photo = np.asarray(
-        Image.open(io.BytesIO(upload.catalogue_photo(test[0], size=(150, 110)))).convert("RGBA")
+        Image.open(io.BytesIO(catalogue_photo(test[0], size=(150, 110)))).convert("RGBA")
     )
     garment = test[1].numpy()
     cutout = np.zeros((84, 56, 4), np.uint8)

@@ -24,13 +24,11 @@ __all__ = ["check_batch_response_fn", "check_preprocess_fn"]
 Case = tuple[str, bytes, str]  # an upload: its name, its bytes, the hint if it goes wrong
 
 _PREPROCESS_SHORTCUTS = [
-    (module, name)
-    for module in (serve, upload)  # defined in upload, re-exported by serve
+    (upload, name)  # where they are defined, and imported from
     for name in ("preprocess_image", "preprocess_array", "decode_image", "to_grey")
     + ("needs_inversion", "open_image")
-]
-_RESPONSE_SHORTCUTS = [(serve, "predict_response"), (inference, "predict_response")]
-_RESPONSE_SHORTCUTS += [(serve, "create_app")]
+] + [(serve, "preprocess_array")]  # the name serve's route calls, reachable as serve.<name>
+_RESPONSE_SHORTCUTS = [(inference, "predict_response"), (serve, "create_app")]
 _ALPHA = "composite the image onto white (Image.alpha_composite with a white RGBA image)"
 _SOFTMAX = (
     "softmax over dim 1, the classes (dim 0 is the batch: over it, each probability is shared "
@@ -91,12 +89,12 @@ def _preprocess_cases() -> tuple[list[Case], list[Case]]:
 
 def check_preprocess_fn(fn: Callable[[bytes], torch.Tensor]) -> None:
     """Exercise 9.1: ``preprocess_upload(data)`` gives what
-    :func:`serving.serve.preprocess_image` gives (within a grey level) for six odd uploads, and
+    :func:`serving.upload.preprocess_image` gives (within a grey level) for six odd uploads, and
     ``ValueError`` with a message for five bad ones. The package's decoding, greyscale and
     polarity functions are switched off meanwhile (its framing helpers are allowed)."""
     ex = "9.1"
     good, bad = _preprocess_cases()
-    references = [serve.preprocess_image(data) for _, data, _ in good]
+    references = [upload.preprocess_image(data) for _, data, _ in good]
     shortcuts = _PREPROCESS_SHORTCUTS + aliases([fn], _PREPROCESS_SHORTCUTS)
     with refuse(ex, shortcuts, task="the upload's decoding, greyscale and polarity"):
         for (name, data, hint), expected in zip(good, references, strict=True):
@@ -196,7 +194,7 @@ def _body_problem(body: Any, expected: dict[str, Any], k: int, tol: float) -> st
 
 def check_batch_response_fn(fn: Callable[[nn.Module, torch.Tensor, int], dict[str, Any]]) -> None:
     """Exercise 9.2: ``make_batch_response(model, x, top_k)`` gives ``{"predictions": [...]}``,
-    one :func:`serving.serve.predict_response` body per image, from one forward pass in eval
+    one :func:`serving.inference.predict_response` body per image, from one forward pass in eval
     mode without gradients, that survives ``json.dumps`` (the package's answer is switched
     off meanwhile)."""
     ex = "9.2"
@@ -206,7 +204,7 @@ def check_batch_response_fn(fn: Callable[[nn.Module, torch.Tensor, int], dict[st
         (torch.randn(n, 1, 28, 28, generator=gen) * 2, k) for n, k in ((4, 3), (1, 1), (5, 10))
     ]
     model.eval()
-    expected = [[serve.predict_response(model, row[None], k) for row in x] for x, k in cases]
+    expected = [[inference.predict_response(model, row[None], k) for row in x] for x, k in cases]
     shortcuts = _RESPONSE_SHORTCUTS + aliases([fn], _RESPONSE_SHORTCUTS)
     with refuse(ex, shortcuts, task="the response"):
         for (x, k), wanted in zip(cases, expected, strict=True):

@@ -6,7 +6,7 @@ import io
 from collections.abc import Callable
 from typing import Any
 
-from serving import serve
+from serving import inference, upload
 
 from ..data import CLASSES
 from ._common import ShortcutRefused, aliases, call, failure, passed, refuse
@@ -90,7 +90,7 @@ def check_flask_app(make_app: Callable[..., Any]) -> None:
     model, calls = _recording_model(3)
     model.eval()
     reference = {
-        image: serve.predict_response(model, serve.preprocess_image(image), 10)
+        image: inference.predict_response(model, upload.preprocess_image(image), 10)
         for image in (png, jpeg)
     }
     model.train()
