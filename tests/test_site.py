@@ -131,11 +131,15 @@ def open_page(browser, url: str) -> tuple[object, object, list[str], list[str]]:
     return page, response, errors, external
 
 
+LINK_STATUS: dict[str, int] = {}  # internal URL → HTTP status, shared by the pages
+
+
 @pytest.mark.parametrize("name", PAGES)
 def test_page(site: str, browser, name: str) -> None:
     """Loads with 200, no console errors, nothing fetched off-site, a title, no tracebacks, no
     code cell that scrolls sideways; on chapter pages every executed figure and no injected
-    parameters; and every internal link resolves."""
+    parameters; every internal link resolves; and axe-core finds no critical or serious
+    violation."""
     page, response, errors, external = open_page(browser, urljoin(site, f"{name}.html"))
     try:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -178,8 +182,11 @@ def test_page(site: str, browser, name: str) -> None:
         }
         internal = sorted(u for u in links if u.startswith(site))
         assert internal, "the page links nowhere: the navigation did not render"
-        broken = [u for u in internal if page.request.get(u).status != 200]
+        for url in set(internal) - set(LINK_STATUS):  # each URL fetched once for all pages
+            LINK_STATUS[url] = page.request.get(url).status
+        broken = [u for u in internal if LINK_STATUS[u] != 200]
         assert not broken, f"broken internal links: {broken}"
+        assert_no_axe_violation(page, name)
     finally:
         page.close()
 
@@ -197,25 +204,27 @@ def blocking(violation: dict[str, object]) -> bool:
     return violation["impact"] in ("critical", "serious") or violation["id"] in AXE_EXTRA_RULES
 
 
-def test_axe_every_page(site: str, browser) -> None:
-    """axe-core finds no critical or serious WCAG 2.x A/AA violation on any page of the book
-    (chapters, exercises, solutions, the other pages, the index and search pages), and no
-    content outside landmarks or empty table header. One browser, the pages in sequence; the
-    failure lists each page, rule, impact and the first elements that fail."""
-    problems = []
-    for name in PAGES + GENERATED_PAGES:
-        page, response, _, _ = open_page(browser, urljoin(site, f"{name}.html"))
-        try:
-            assert response is not None and response.status == 200, name
-            for v in filter(blocking, axe_violations(page)):
-                targets = v["targets"]
-                problems.append(
-                    f"{name}.html: {v['id']} ({v['impact']}, {len(targets)} element(s)): "
-                    + "; ".join(targets[:3])
-                )
-        finally:
-            page.close()
+def assert_no_axe_violation(page, name: str) -> None:
+    """axe-core finds no critical or serious WCAG 2.x A/AA violation on the loaded page, and no
+    content outside landmarks or empty table header; the failure lists each rule, its impact
+    and the first elements that fail."""
+    problems = [
+        f"{name}.html: {v['id']} ({v['impact']}, {len(v['targets'])} element(s)): "
+        + "; ".join(v["targets"][:3])
+        for v in filter(blocking, axe_violations(page))
+    ]
     assert not problems, f"{len(problems)} axe violation(s):\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", GENERATED_PAGES)
+def test_axe_generated_pages(site: str, browser, name: str) -> None:
+    """The index and search pages, which Sphinx makes (every TOC page is checked by test_page)."""
+    page, response, _, _ = open_page(browser, urljoin(site, f"{name}.html"))
+    try:
+        assert response is not None and response.status == 200, name
+        assert_no_axe_violation(page, name)
+    finally:
+        page.close()
 
 
 @pytest.mark.skipif(
