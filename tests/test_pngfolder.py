@@ -426,6 +426,7 @@ def test_size_is_checked_from_the_header_before_decoding(one_class: Path) -> Non
     assert "truncated" in reasons["01_c/big.png"]  # allowed: now it is decoded, and fails
 
 
+@pytest.mark.slow  # ten folder scans: about 10 s
 def test_other_formats_named_png_never_reach_their_parser(
     one_class: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
