@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
@@ -26,6 +26,25 @@ def failure(exercise: str, problem: str, hint: str) -> AssertionError:
     """Print the ❌ line and return the error to raise (``raise failure(...)``)."""
     print(f"❌ Exercise {exercise}: {problem}")
     return AssertionError(f"Exercise {exercise}: {problem}\nHint: {hint}")
+
+
+def ensure(ex: str, *checks: tuple[object, str, str]) -> None:
+    """Raise the ❌ of the first ``(ok, problem, hint)`` that is not ``ok``."""
+    for ok, problem, hint in checks:
+        if not ok:
+            raise failure(ex, problem, hint)
+
+
+def first_hint(*cases: tuple[object, str]) -> str:
+    """The hint of the first ``(condition, hint)`` whose condition holds."""
+    return next(hint for holds, hint in cases if holds)
+
+
+def raise_first(ex: str, cases: Iterable[tuple[object, str, str]]) -> None:
+    """Raise the ❌ of the first ``(wrong, problem, hint)`` whose ``wrong`` is true."""
+    for wrong, problem, hint in cases:
+        if wrong:
+            raise failure(ex, problem, hint)
 
 
 def call(exercise: str, what: str, fn: Callable[..., Any], *args: Any, hint: str, **kwargs: Any):

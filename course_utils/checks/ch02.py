@@ -16,22 +16,20 @@ from ..data import FashionMNISTTensors, TensorLoader, load_tensors
 from ..hooks import capture_activations
 from ..models import FashionCNN
 from ..train import evaluate, fit, seed_everything
-from ._common import aliases, build_model, call, failure, passed, refuse, reported_runs_verdict
+from ._common import (
+    aliases,
+    build_model,
+    call,
+    ensure,
+    failure,
+    first_hint,
+    passed,
+    refuse,
+    reported_runs_verdict,
+)
 
 __all__ = ["ARMS", "TASK_LR", "VERDICTS"]
 __all__ += ["check_batchnorm_fn", "check_batchnorm_placement", "check_lr_experiment"]
-
-
-def _ensure(ex: str, *checks: tuple[object, str, str]) -> None:
-    """Raise the ❌ of the first ``(ok, problem, hint)`` that is not ``ok``."""
-    for ok, problem, hint in checks:
-        if not ok:
-            raise failure(ex, problem, hint)
-
-
-def _first(*cases: tuple[object, str]) -> str:
-    """The hint of the first ``(condition, hint)`` whose condition holds."""
-    return next(hint for holds, hint in cases if holds)
 
 
 # --- 2.1 ---------------------------------------------------------------------------------------
@@ -57,9 +55,7 @@ def _logits(ex: str, model: nn.Module, size: int, hint: str = "") -> None:
         hint = hint or next(h for p, h in _FORWARD_HINTS if re.search(p, str(err)))
         raise failure(ex, f"a [4, 1, {size}, {size}] batch raised {err!r}", hint) from err
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    _ensure(
-        ex, (shape == (4, 10), f"[4, 1, {size}, {size}] gave {shape}", "return [N, 10] logits.")
-    )
+    ensure(ex, (shape == (4, 10), f"[4, 1, {size}, {size}] gave {shape}", "return [N, 10] logits."))
 
 
 def check_batchnorm_placement(model_cls: Callable[..., nn.Module]) -> None:
@@ -69,7 +65,7 @@ def check_batchnorm_placement(model_cls: Callable[..., nn.Module]) -> None:
     model = build_model(ex, model_cls).train()
     convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    _ensure(
+    ensure(
         ex,
         (len(convs) >= 2, f"the model has {len(convs)} Conv2d layers", "keep both convs."),
         (norms, "the model has no nn.BatchNorm2d layer", "add nn.BatchNorm2d(channels)."),
@@ -82,10 +78,10 @@ def check_batchnorm_placement(model_cls: Callable[..., nn.Module]) -> None:
     for i, conv in enumerate(convs, start=1):  # compared by value: conv's output is BN's input
         fed = any(torch.equal(a, b) for n in norms for a in outs[conv] for b in ins[n])
         problem = f"conv #{i}'s output does not go to a BatchNorm2d"
-        _ensure(ex, (fed, problem, "normalise before the activation: conv → BatchNorm2d → ReLU."))
+        ensure(ex, (fed, problem, "normalise before the activation: conv → BatchNorm2d → ReLU."))
     unused = [n for n in norms if not ins[n]]
     wrong = [n for n, m in norms.items() if ins[n] and ins[n][0].shape[1] != m.num_features]
-    _ensure(
+    ensure(
         ex,
         (not unused, f"BatchNorm2d {unused} not used", "call each BatchNorm2d in forward."),
         (not wrong, f"{wrong}: num_features is not the channel count", "use out_channels."),
@@ -96,12 +92,12 @@ def check_batchnorm_placement(model_cls: Callable[..., nn.Module]) -> None:
     except NotImplementedError:
         raise
     except Exception as err:
-        hint = _first(
+        hint = first_hint(
             (isinstance(err, TypeError), "give __init__ an `input_size: int = 28` argument."),
             (True, f"the model must build for any input size of at least 28: {_MEASURE}."),
         )
         raise failure(ex, f"{name}(input_size=36) raised {err!r}", hint) from err
-    _ensure(ex, (isinstance(big, nn.Module), f"{name}(36) is not a Module", "subclass nn.Module."))
+    ensure(ex, (isinstance(big, nn.Module), f"{name}(36) is not a Module", "subclass nn.Module."))
     _logits(ex, big.eval(), 36, f"{_MEASURE} instead of typing 64 * 7 * 7.")
     biases = sum(c.bias is not None for c in convs.values())
     note = (
@@ -153,12 +149,12 @@ def _y_hint(x: torch.Tensor, y: torch.Tensor, args: Any, training: bool, eps: fl
         return torch.allclose(y, gamma * x_hat + beta if affine else x_hat, atol=1e-4)
 
     if not training:
-        return _first(
+        return first_hint(
             (near(mean, var), "in eval mode normalise with running_mean and running_var."),
             (eps != 1e-5 and near(rm, rv, 1e-5), f"use the `eps` argument (here {eps:g})."),
             (True, "eval: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta."),
         )
-    return _first(
+    return first_hint(
         (near(mean, x.var((0, 2, 3), keepdim=True)), "normalise with the biased variance."),
         (near(mean, var, affine=False), "apply the learned scale and shift: gamma * x_hat + beta."),
         (True, "the statistics are per channel, over the batch and both spatial dims (0, 2, 3)."),
@@ -174,7 +170,7 @@ def _running_hint(x: Tensor, got: Tensor, old: Tensor, m: float, what: str, trai
         return torch.allclose(got, want, atol=1e-5)
 
     fixed = m != 0.1 and near(0.9 * old + 0.1 * batch)
-    return _first(
+    return first_hint(
         (not training, "in eval mode the running statistics stay as they are: return them."),
         (what == "running_var" and near(biased), "use the *unbiased* batch variance (n - 1) here."),
         (near(m * old + (1 - m) * batch), f"{_BLEND}: momentum weighs the batch."),
@@ -194,7 +190,7 @@ def _call_bn(ex: str, fn: Callable[..., Any], case: str, *args: Any) -> list[tor
     names = ("x", "gamma", "beta", "running_mean", "running_var")
     changed = [n for n, a, b in zip(names, given, args, strict=False) if not torch.equal(a, b)]
     problem = f"your function changed its argument(s) {', '.join(changed)} in place on case {case}"
-    _ensure(ex, (not changed, problem, f"return new tensors ({_BLEND}), not updated ones."))
+    ensure(ex, (not changed, problem, f"return new tensors ({_BLEND}), not updated ones."))
     try:
         if not isinstance(result, tuple | list) or len(result) != 3:
             raise TypeError(type(result).__name__)
@@ -203,7 +199,7 @@ def _call_bn(ex: str, fn: Callable[..., Any], case: str, *args: Any) -> list[tor
         raise failure(ex, f"did not return three tensors on case {case}", _THREE) from err
     c, got = args[0].shape[1], [tuple(t.shape) for t in out]
     ok = got == [tuple(args[0].shape), (c,), (c,)] and all(t.is_floating_point() for t in out)
-    _ensure(ex, (ok, f"returned {got}, {[t.dtype for t in out]} on case {case}", _THREE))
+    ensure(ex, (ok, f"returned {got}, {[t.dtype for t in out]} on case {case}", _THREE))
     return [t.float() for t in out]
 
 
@@ -302,7 +298,7 @@ def _watch(ex: str, run: Callable, arm: str, seed: int, reported: Any, n: int, f
     lr_ok, bn = all(math.isclose(v, TASK_LR) for v in lrs), "BatchNorm2d" in layers
     value = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
     number = isinstance(value, int | float) and not isinstance(value, bool)
-    _ensure(
+    ensure(
         ex,
         (steps, f"{who} took no optimiser step", f"train the model: {epoch}."),
         (lr_ok, f"{who} trained at lr {lrs[:3]}", f"{base}use the 10× larger learning rate."),
@@ -314,7 +310,7 @@ def _watch(ex: str, run: Callable, arm: str, seed: int, reported: Any, n: int, f
     said = float(reported[arm][seed])
     if abs(value - said) > 1e-6:
         other = [(a, s) for a, r in reported.items() for s, v in r.items() if abs(v - value) < 1e-6]
-        hint = _first(
+        hint = first_hint(
             (other, "store each accuracy under the arm and seed of its own run."),
             (True, "report the numbers of your runs, as run returns them, from seeded runs."),
         )
@@ -327,7 +323,7 @@ def check_lr_experiment(run: Callable, reported: Any, verdict: Any, lr: float) -
     at one seed for both arms, then every reported run is recomputed by :data:`_PROTOCOL`."""
     ex = "2.3"
     ok = isinstance(lr, int | float) and not isinstance(lr, bool) and math.isclose(lr, TASK_LR)
-    _ensure(ex, (ok, f"lr={lr!r}, not {TASK_LR:g}", "set HIGH_LR = 10 * 1e-3, the task's rate."))
+    ensure(ex, (ok, f"lr={lr!r}, not {TASK_LR:g}", "set HIGH_LR = 10 * 1e-3, the task's rate."))
     train, val = _task_data()
     found: dict[str, torch.device] = {}
 

@@ -16,7 +16,16 @@ from .. import diagnostics, hooks
 from ..data import FashionMNISTTensors, TensorLoader, load_tensors
 from ..models import ACTIVATIONS, FashionCNN
 from ..train import eval_mode, fit, seed_everything
-from ._common import aliases, call, failure, passed, refuse, reported_runs_verdict, same_data
+from ._common import (
+    aliases,
+    call,
+    failure,
+    passed,
+    raise_first,
+    refuse,
+    reported_runs_verdict,
+    same_data,
+)
 
 __all__ = ["check_count_dead", "check_epochs_to_reach", "check_silent_per_layer"]
 __all__ += ["check_silent_experiment", "EXPERIMENT_ARMS", "EXPERIMENT_VERDICTS", "TASK_LR"]
@@ -34,13 +43,6 @@ def _is_int(value: Any) -> bool:
 def _pick(result: Any, mistakes: Iterable[tuple[Any, str]], default: str) -> str:
     """The hint of the first mistake whose answer equals ``result``, else ``default``."""
     return next((hint for answer, hint in mistakes if answer == result), default)
-
-
-def _raise_first(ex: str, cases: Iterable[tuple[Any, str, str]]) -> None:
-    """Raise the ❌ of the first ``(wrong, problem, hint)`` whose ``wrong`` is true."""
-    for wrong, problem, hint in cases:
-        if wrong:
-            raise failure(ex, problem, hint)
 
 
 # --- 3.1 ---------------------------------------------------------------------------------------
@@ -72,7 +74,7 @@ def check_count_dead(fn: Callable[[torch.Tensor], int]) -> None:
         hint = "handle 4-d [N, C, H, W] and 2-d [N, F] inputs: dim 1 first, flatten the rest."
         got = _scalar(call(ex, f"count_dead on {case}", fn, acts.clone(), hint=hint))
         not_int = f"returned {type(got).__name__} {got!r}, not an int"
-        _raise_first(ex, [(not _is_int(got), not_int, "return a Python int (int(...)).")])
+        raise_first(ex, [(not _is_int(got), not_int, "return a Python int (int(...)).")])
         if got == expected:
             continue
         zero_somewhere = (acts.flatten(2).amax(-1) if acts.dim() == 4 else acts) == 0
@@ -104,7 +106,7 @@ def check_epochs_to_reach(fn: Callable[[Sequence[float], float], int | None]) ->
         got = _scalar(call(ex, f"epochs_to_reach({case})", fn, list(accs), target, hint=hint))
         not_int = f"{case}: returned {type(got).__name__} {got!r}, not an int or None"
         hint = "return the epoch as an int, counted from 1, or None if never reached."
-        _raise_first(ex, [(got is not None and not _is_int(got), not_int, hint)])
+        raise_first(ex, [(got is not None and not _is_int(got), not_int, hint)])
         if got == expected and (got is None) == (expected is None):
             continue
         strict = next((i for i, a in enumerate(accs, start=1) if a > target), None)
@@ -224,7 +226,7 @@ def check_silent_per_layer(
                 left = hooks.hook_count(model)
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])]
         mode = "training" if training else "eval"
-        _raise_first(ex, [
+        raise_first(ex, [
             (left, f"{left} hook(s) are still registered after silent_per_layer returned",
              "keep the handles of register_forward_hook; call handle.remove() on each."),
             (changed, f"the call changed {changed}", "run the model in eval mode (model.eval()) "
@@ -259,7 +261,7 @@ def check_silent_per_layer(
             pass
     problem = "hooks left or the mode changed when the forward pass raises (10×10 images)"
     hint = "remove the hooks and restore the mode in a `finally:` block."
-    _raise_first(ex, [(hooks.hook_count(model) or not model.training, problem, hint)])
+    raise_first(ex, [(hooks.hook_count(model) or not model.training, problem, hint)])
     passed(
         ex,
         "silent units per layer: " + "; ".join(summary) + "; mode restored, no hook left, "
@@ -327,7 +329,7 @@ def check_silent_experiment(
     verdict must follow the noise rule."""
     ex, (train, val) = "3.4", _task_data()
     wrong_lr = isinstance(lr, bool) or not isinstance(lr, int | float)
-    _raise_first(ex, [
+    raise_first(ex, [
         (wrong_lr or not math.isclose(lr, TASK_LR), f"lr={lr!r}, but the task's is {TASK_LR:g}",
          "set LARGE_LR = 10 * LR (LR = 1e-3), train every run with it and pass it as lr."),
         (not same_data(train_data, train), "train_data is not the task's train_small",

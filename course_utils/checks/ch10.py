@@ -13,7 +13,7 @@ from torch import nn
 from .. import cam
 from ..cam import normalize_cams  # bound here: the check uses it while cam's is refused
 from ..hooks import hook_count
-from ._common import aliases, call, failure, passed, refuse, seeded_cnn
+from ._common import aliases, call, ensure, failure, first_hint, passed, refuse, seeded_cnn
 
 __all__ = ["check_counterfactual_weighting", "check_layer_gradcam", "check_normalize_cams"]
 
@@ -35,18 +35,6 @@ def _refused(ex: str, task: str, answer: object) -> AbstractContextManager[None]
     return refuse(ex, shortcuts + aliases([answer], shortcuts), task)
 
 
-def _ensure(ex: str, *checks: tuple[object, str, str]) -> None:
-    """Raise the ❌ of the first ``(ok, problem, hint)`` that is not ``ok``."""
-    for ok, problem, hint in checks:
-        if not ok:
-            raise failure(ex, problem, hint)
-
-
-def _first(*cases: tuple[object, str]) -> str:
-    """The hint of the first ``(condition, hint)`` whose condition holds."""
-    return next(hint for holds, hint in cases if holds)
-
-
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-6) -> bool:
     return torch.allclose(a, b, rtol=1e-4, atol=atol)
 
@@ -55,7 +43,7 @@ def _tensor_like(ex: str, got: object, want: torch.Tensor, hint: str) -> torch.T
     """``got`` as a float tensor, after a ❌ unless it is a tensor of ``want``'s shape."""
     ok = isinstance(got, torch.Tensor) and got.shape == want.shape
     shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-    _ensure(ex, (ok, f"returned {shape}, expected a tensor of shape {tuple(want.shape)}", hint))
+    ensure(ex, (ok, f"returned {shape}, expected a tensor of shape {tuple(want.shape)}", hint))
     return got.detach().float()
 
 
@@ -87,7 +75,7 @@ def check_counterfactual_weighting(
             f"{overlap} positive pixels with torchcam's GradCAM map",
         )
         return
-    hint = _first(
+    hint = first_hint(
         (_close(result, gradcam), "that is the ordinary Grad-CAM map: negate the weights."),
         (_close(result, -gradcam), "negate before the ReLU: ReLU(-S), not -ReLU(S)."),
         ((result < 0).any(), "apply a ReLU to the weighted sum."),
@@ -112,13 +100,13 @@ def check_normalize_cams(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         result = call(ex, "your function", fn, cams.clone(), hint=hint)
     result = _tensor_like(ex, result, expected, "return one normalised map per input map.")
     nan = result.isnan().any()
-    _ensure(ex, (not nan, "the constant map became NaN", "add an eps: max - min + 1e-8."))
+    ensure(ex, (not nan, "the constant map became NaN", "add an eps: max - min + 1e-8."))
     if torch.allclose(result, expected, atol=1e-5):
         passed(ex, "each map is scaled to [0, 1] on its own, and a constant map gives zeros")
         return
     per_batch = (cams - cams.min()) / (cams.max() - cams.min())
     no_min = cams / (cams.flatten(1).amax(1).view(-1, 1, 1) + 1e-8)
-    hint = _first(
+    hint = first_hint(
         (torch.allclose(result, per_batch, atol=1e-5), "use each map's own minimum and maximum."),
         (torch.allclose(result, no_min, atol=1e-5), "subtract each map's minimum first."),
         (True, "per map: (cam - cam.min()) / (cam.max() - cam.min() + eps)."),
@@ -138,7 +126,7 @@ def check_layer_gradcam(cam_cls: type) -> None:
         for layer in LAYERS_CHECKED:
             hint = "the constructor takes the model and a layer name."
             c = call(ex, f"{name}(model, {layer!r})", cam_cls, model, layer, hint=hint)
-            _ensure(ex, (not hook_count(model), "hooks before `with`", "add them in __enter__."))
+            ensure(ex, (not hook_count(model), "hooks before `with`", "add them in __enter__."))
             with c as entered:
                 module = model.get_submodule(layer)
                 hooks = (len(module._forward_hooks), len(module._backward_hooks))
@@ -147,7 +135,7 @@ def check_layer_gradcam(cam_cls: type) -> None:
                     f"{hook_count(model)} on the model; expected one of each, on that layer"
                 )
                 hint = "in __enter__: register_forward_hook and register_full_backward_hook."
-                _ensure(ex, (hooks == (1, 1) and hook_count(model) == 2, problem, hint))
+                ensure(ex, (hooks == (1, 1) and hook_count(model) == 2, problem, hint))
                 hint = "take the score of class_idx[i] for image i and back-propagate it."
                 entered = c if entered is None else entered
                 maps = call(
@@ -155,7 +143,7 @@ def check_layer_gradcam(cam_cls: type) -> None:
                 )
             _check_maps(ex, layer, maps, expected[layer], classes)
             clean, no_grad = not hook_count(model), all(p.grad is None for p in model.parameters())
-            _ensure(
+            ensure(
                 ex,
                 (clean, "hook(s) left after `with`", "__exit__ must call remove()."),
                 (no_grad, "parameters have a .grad", "use torch.autograd.grad, not .backward()."),
@@ -172,12 +160,12 @@ def check_layer_gradcam(cam_cls: type) -> None:
 def _check_maps(ex: str, layer: str, maps: object, want: torch.Tensor, classes: list[int]) -> None:
     """The maps of ``cam(x, class_idx)`` on ``layer`` equal torchcam's ``want``."""
     hint = "return only the maps [N, h, w], not (maps, logits)."
-    _ensure(ex, (not isinstance(maps, tuple), f"cam(...) returned a tuple on {layer!r}", hint))
+    ensure(ex, (not isinstance(maps, tuple), f"cam(...) returned a tuple on {layer!r}", hint))
     maps = _tensor_like(ex, maps, want, "one map per image, [N, h, w].")
     if _close(maps, want):
         return
     worst = int((maps - want).flatten(1).abs().amax(1).argmax())
-    hint = _first(
+    hint = first_hint(
         ((maps < 0).any(), "apply a ReLU to the weighted sum."),
         (_close(maps, normalize_cams(want), 1e-5), "return the raw maps, not normalised."),
         (True, f"use class_idx[i] for image i: image {worst} asks for class {classes[worst]}."),
@@ -192,12 +180,12 @@ def _check_cleanup(ex: str, name: str, cam_cls: type, model: nn.Module) -> None:
     with contextlib.suppress(planted), cam_cls(model, "act2"):
         raise planted  # inside the learner's block
     hint = "__exit__ runs also when the block raises: remove the hooks there."
-    _ensure(ex, (not hook_count(model), "hook(s) left after an error inside `with`", hint))
+    ensure(ex, (not hook_count(model), "hook(s) left after an error inside `with`", hint))
     c = cam_cls(model, "act2")
     c.__enter__()
     for attempt in ("first", "second"):
         call(ex, f"the {attempt} cam.remove()", c.remove, hint="make remove() idempotent.")
-    _ensure(ex, (not hook_count(model), "hook(s) left after remove()", "remove both hooks."))
+    ensure(ex, (not hook_count(model), "hook(s) left after remove()", "remove both hooks."))
     try:
         cam_cls(model, "conv9")
         err: Exception | None = None
@@ -206,4 +194,4 @@ def _check_cleanup(ex: str, name: str, cam_cls: type, model: nn.Module) -> None:
     got = "nothing" if err is None else f"{type(err).__name__}: {err}"
     hint = "raise ValueError(f'model has no layer {name!r}') for an unknown layer name."
     ok = isinstance(err, ValueError) and "conv9" in str(err)
-    _ensure(ex, (ok, f"{name}(model, 'conv9') raised {got}", hint))
+    ensure(ex, (ok, f"{name}(model, 'conv9') raised {got}", hint))
