@@ -45,16 +45,12 @@ def _black_rows(width: int, height: int) -> bytes:
 
 
 def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
-    """Write one example of each kind of bad or unusual input into ``folder``.
+    """Write one example of each kind of bad or unusual input into the class folder ``folder``
+    (created if needed), the unusual-but-valid ones made from ``good``, a uint8 ``[28, 28]`` image.
 
-    Args:
-        folder: a class folder (created if needed).
-        good: a ``uint8`` ``[28, 28]`` image the unusual-but-valid files are made from.
-
-    Returns:
-        ``{file name: expected outcome}``, where the outcome is ``"ok"`` (accepted, converted),
-        ``"bad"`` (skipped or raised per ``on_error``) or ``"ignored"``. The broken link is left
-        out where the system cannot make symbolic links.
+    Returns ``{file name: expected outcome}``, where the outcome is ``"ok"`` (accepted,
+    converted), ``"bad"`` (skipped or raised per ``on_error``) or ``"ignored"``. The broken link
+    is left out where the system cannot make symbolic links.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -81,22 +77,10 @@ def make_bad_examples(folder: str | Path, good: np.ndarray) -> dict[str, str]:
     Image.fromarray(good.astype(np.uint16) * 257).save(folder / "sixteen_bit.png")
     grey.convert("P").save(folder / "palette.png")
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(folder / "wrong_size.png")
-    expected = {
-        "good.png": "ok",
-        "truncated.png": "bad",
-        "not_an_image.png": "bad",
-        "notes.txt": "ignored",
-        ".DS_Store": "ignored",
-        "._good.png": "ignored",
-        "as_jpeg.png": "bad",
-        "as_eps.png": "bad",
-        "bomb.png": "bad",
-        "subfolder": "bad",
-        "rgba.png": "ok",
-        "sixteen_bit.png": "ok",
-        "palette.png": "ok",
-        "wrong_size.png": "bad",
-    }
+    expected = dict.fromkeys(["good.png", "rgba.png", "sixteen_bit.png", "palette.png"], "ok")
+    expected |= dict.fromkeys(["notes.txt", ".DS_Store", "._good.png"], "ignored")
+    bad = ["truncated.png", "not_an_image.png", "as_jpeg.png", "as_eps.png", "bomb.png"]
+    expected |= dict.fromkeys([*bad, "subfolder", "wrong_size.png"], "bad")
     try:
         (folder / "broken_link.png").symlink_to("deleted_original.png")
     except (OSError, NotImplementedError):  # Windows without the privilege

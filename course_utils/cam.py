@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from types import TracebackType
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -80,9 +79,8 @@ class GradCAM:
             maps, logits = cam(images)                    # maps for the predicted classes
             maps_true, _ = cam(images, class_idx=labels)  # ...or for the given ones
 
-    Args:
-        model: the classifier (put it in eval mode first).
-        layer: the layer whose output is explained, or its name in ``model.named_modules()``.
+    ``model`` is the classifier (put it in eval mode first); ``layer`` the layer whose output is
+    explained, or its name in ``model.named_modules()``.
     """
 
     def __init__(self, model: nn.Module, layer: nn.Module | str) -> None:
@@ -111,12 +109,7 @@ class GradCAM:
         ]
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
     def remove(self) -> None:
@@ -157,9 +150,7 @@ def normalize_cams(cams: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
     A constant map becomes all zeros (not NaN). This is the normalisation torchcam applies.
     """
-    flat = cams.flatten(1)
-    low = flat.amin(1).view(-1, 1, 1)
-    shifted = cams - low
+    shifted = cams - cams.flatten(1).amin(1).view(-1, 1, 1)
     return shifted / (shifted.flatten(1).amax(1).view(-1, 1, 1) + eps)
 
 
@@ -171,10 +162,9 @@ def upsample_cams(cams: torch.Tensor, size: tuple[int, int] = (28, 28)) -> torch
 def overlay(image: torch.Tensor, cam: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
     """An RGB ``[H, W, 3]`` array: the greyscale image under a ``jet``-coloured map in [0, 1].
 
-    Args:
-        image: ``[1, H, W]`` or ``[H, W]``, uint8 or normalised with the data set's mean/std.
-        cam: ``[H, W]`` (or ``[h, w]``, upsampled here), already normalised to [0, 1].
-        alpha: weight of the heatmap.
+    ``image`` is ``[1, H, W]`` or ``[H, W]``, uint8 or normalised with the data set's mean/std;
+    ``cam`` is ``[H, W]`` (or ``[h, w]``, upsampled here), already normalised to [0, 1]; ``alpha``
+    is the weight of the heatmap.
     """
     img = display_image(image)
     cam = cam.detach().cpu().float()
@@ -219,13 +209,8 @@ def plot_cam_columns(
     row_labels: Sequence[str],
     title: str = "",
 ) -> Figure:
-    """One row per image: the image, then its overlay for each entry of ``columns``.
-
-    Args:
-        images: ``[N, 1, H, W]`` (uint8 or normalised).
-        columns: column title → maps ``[N, h, w]`` (normalised to [0, 1]).
-        row_labels: a caption for each image, shown above it.
-        title: the figure title.
+    """One row per image (``[N, 1, H, W]``, uint8 or normalised, captioned by ``row_labels``):
+    the image, then its overlay for each ``columns`` entry (title → ``[N, h, w]`` maps, in [0, 1]).
     """
     n, ncols = len(images), 1 + len(columns)
     fig, axes = plt.subplots(n, ncols, figsize=(1.9 * ncols, 2.0 * n), squeeze=False)

@@ -17,7 +17,6 @@ Run ``python -m course_utils.data`` to fetch and verify from the command line.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ import torchvision
 from torch.utils.data import Subset
 from torchvision import transforms
 
+from .artefacts import sha256_of
 from .fashion_mnist import CLASSES, MEAN, STD
 from .paths import REPO_ROOT
 
@@ -85,18 +85,10 @@ def default_data_dir() -> Path:
     return REPO_ROOT / "data"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _verify(path: Path, name: str | None = None) -> None:
     """Raise :class:`ChecksumError` unless ``path`` holds the original bytes of file ``name``."""
     expected = SHA256[name or path.name]
-    actual = _sha256(path)
+    actual = sha256_of(path)
     if actual != expected:
         raise ChecksumError(
             f"{path} has the wrong SHA-256 ({actual[:12]}…, expected {expected[:12]}…): "
@@ -132,12 +124,11 @@ def _missing_or_bad(raw: Path) -> dict[str, str]:
     """Files in ``raw`` that are absent or fail verification, with the reason."""
     problems = {}
     for name in SHA256:
-        path = raw / name
-        if not path.exists():
+        if not (raw / name).exists():
             problems[name] = "missing"
             continue
         try:
-            _verify(path)
+            _verify(raw / name)
         except ChecksumError as err:
             problems[name] = str(err)
     return problems
@@ -173,15 +164,11 @@ def ensure_fashion_mnist(
 ) -> Path:
     """Make sure the four verified Fashion-MNIST files are in ``<root>/FashionMNIST/raw``.
 
-    Args:
-        root: data root (default :func:`default_data_dir`).
-        debian_dir: where Debian's ``dataset-fashion-mnist`` puts the ``.gz`` files.
-        download: ``True`` for torchvision's download, ``False`` to skip it, or a callable
-            ``fn(root)`` that fills the root (used by tests).
-        verbose: print which source was used.
-
-    Returns:
-        The root, ready for ``torchvision.datasets.FashionMNIST(root)``.
+    ``root`` defaults to :func:`default_data_dir`; ``debian_dir`` is where Debian's
+    ``dataset-fashion-mnist`` puts the ``.gz`` files; ``download`` is ``True`` for torchvision's
+    download, ``False`` to skip it, or a callable ``fn(root)`` that fills the root (used by
+    tests); ``verbose`` prints which source was used. Returns the root, ready for
+    ``torchvision.datasets.FashionMNIST(root)``.
 
     Raises:
         DataUnavailableError: no source worked; the message names each source and why.
@@ -358,14 +345,8 @@ class TensorLoader:
     the per-image Python work of a ``Dataset`` + ``DataLoader``. With ``shuffle=True`` the order
     is a fresh ``torch.randperm`` each epoch from a seeded generator, so runs are reproducible.
 
-    Args:
-        data: the split (see :func:`load_tensors`).
-        batch_size: images per batch.
-        shuffle: reshuffle every epoch.
-        device: where the tensors live and batches are produced.
-        seed: seed of the shuffling generator.
-        augment: random horizontal flip and ±2-pixel shifts (training only).
-        drop_last: drop the last incomplete batch.
+    ``device`` is where the tensors live and batches are produced; ``seed`` seeds the shuffling
+    generator; ``augment`` adds random horizontal flips and ±2-pixel shifts (training only).
     """
 
     def __init__(
@@ -382,10 +363,8 @@ class TensorLoader:
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment = augment
-        self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -420,9 +399,7 @@ def _main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Fetch and verify Fashion-MNIST.")
-    parser.add_argument(
-        "--root", default=None, help="data root (default: $COURSE_DATA_DIR or data/)"
-    )
+    parser.add_argument("--root", help="data root (default: $COURSE_DATA_DIR or data/)")
     parser.add_argument("--no-download", action="store_true", help="never use the network")
     args = parser.parse_args()
     try:

@@ -56,14 +56,10 @@ def dead_units(
     The model runs in eval mode under ``torch.no_grad()``; its mode is restored and every hook is
     removed afterwards, also when the forward pass fails.
 
-    Args:
-        model: the network.
-        batches: one input tensor, or an iterable of ``(x, y)`` batches (all are combined: a unit
-            is counted as silent only if it is silent on every batch).
-        names: the activation layers to inspect, by name (default: :func:`activation_modules`).
-
-    Returns:
-        One row per layer: ``units``, ``silent`` (count) and ``fraction``.
+    ``batches`` is one input tensor, or an iterable of ``(x, y)`` batches (all are combined: a
+    unit is counted as silent only if it is silent on every batch); ``names`` are the activation
+    layers to inspect (default: :func:`activation_modules`). Returns one row per layer:
+    ``units``, ``silent`` (count) and ``fraction``.
     """
     names = list(names) if names is not None else list(activation_modules(model))
     if not names:
@@ -72,11 +68,7 @@ def dead_units(
         batches = [(batches, None)]
     device = next(model.parameters()).device
     largest: dict[str, torch.Tensor] = {}
-    with (
-        eval_mode(model),
-        capture_activations(model, names, inputs=True) as pre,
-        torch.no_grad(),
-    ):
+    with eval_mode(model), capture_activations(model, names, inputs=True) as pre, torch.no_grad():
         for x, _ in batches:
             model(x.to(device))
             for name in names:
@@ -85,12 +77,7 @@ def dead_units(
     if not largest:
         raise ValueError("no batches were given")
     rows = [
-        {
-            "layer": name,
-            "units": len(m),
-            "silent": int((m <= 0).sum()),
-            "fraction": float((m <= 0).float().mean()),
-        }
+        (name, len(m), int((m <= 0).sum()), float((m <= 0).float().mean()))
         for name, m in largest.items()
     ]
-    return pd.DataFrame(rows).set_index("layer")
+    return pd.DataFrame(rows, columns=["layer", "units", "silent", "fraction"]).set_index("layer")

@@ -139,20 +139,14 @@ def run_experiment(
     Args:
         variants: the arms of the comparison (distinct names).
         seeds: at least one seed; use two or more to measure the spread.
-        train: training images (shuffled each epoch).
-        val: validation images, evaluated after each epoch.
-        epochs: passes over ``train``.
-        batch_size: training batch size.
-        device: where to train.
+        train: training images (shuffled each epoch); ``val`` is evaluated after each epoch.
         bf16: bfloat16 autocast for the forward passes (training and evaluation); ``None``: where
             it pays, by :func:`~course_utils.train.bf16_pays` (a GPU or a CPU with native bf16).
-        channels_last: ``channels_last`` memory layout for the model.
         extra_eval: more sets evaluated in eval mode after each epoch (e.g. ``{"train_eval":
             train}`` for the training accuracy without dropout).
         eval_batch_size: batch size for evaluation (on a 2-core CPU, batches of 128 evaluated
             about 3× faster than batches of 1,000: they stay in cache).
-        keep_models: keep the trained models in the result.
-        progress: print one line per finished run.
+        keep_models: keep the trained models in the result; ``progress``: print a line per run.
 
     Raises:
         ValueError: no variants or seeds, duplicate names, ``epochs < 1``, or an extra set named
@@ -171,12 +165,9 @@ def run_experiment(
     if reserved := set(extra_eval) & {"train", "val"}:
         raise ValueError(f"extra_eval names {sorted(reserved)} clash with built-in columns")
     device = torch.device(device)
-    if bf16 is None:
-        bf16 = bf16_pays(device)
-    val_batches = TensorLoader(val, eval_batch_size, device=device)
-    extra_batches = {
-        k: TensorLoader(d, eval_batch_size, device=device) for k, d in extra_eval.items()
-    }
+    bf16 = bf16_pays(device) if bf16 is None else bf16
+    eval_sets = {"val": val, **extra_eval}
+    loaders = {k: TensorLoader(d, eval_batch_size, device=device) for k, d in eval_sets.items()}
     epoch_rows: list[dict[str, Any]] = []
     step_frames: list[pd.DataFrame] = []
     models: dict[tuple[str, int], nn.Module] = {}
@@ -195,15 +186,11 @@ def run_experiment(
                 # One epoch per call: the loader's generator carries on, so the batch order is
                 # exactly that of a single multi-epoch fit.
                 h = fit(model, batches, None, 1, optimizer, bf16=bf16, progress=False)
-                row = {
-                    **info,
-                    "epoch": epoch,
-                    "train_loss": h.train_loss[0],
-                    "train_acc": h.train_acc[0],
-                    "epoch_time": h.epoch_time[0],
-                }
+                row = {**info, "epoch": epoch}
+                for key in ("train_loss", "train_acc", "epoch_time"):
+                    row[key] = getattr(h, key)[0]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    for name, loader in {"val": val_batches, **extra_batches}.items():
+                    for name, loader in loaders.items():
                         row[f"{name}_loss"], row[f"{name}_acc"] = evaluate(model, loader)
                 epoch_rows.append(row)
                 steps += h.step_loss
@@ -226,6 +213,11 @@ def run_experiment(
     )
 
 
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    if missing := [c for c in columns if c not in frame.columns]:
+        raise KeyError(f"columns {missing} not in the frame (it has {list(frame.columns)})")
+
+
 def summarize(
     frame: pd.DataFrame,
     metrics: str | Sequence[str],
@@ -239,9 +231,7 @@ def summarize(
     """
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     by = [by] if isinstance(by, str) else list(by)
-    missing = [c for c in [*metrics, *by] if c not in frame.columns]
-    if missing:
-        raise KeyError(f"columns {missing} not in the frame (it has {list(frame.columns)})")
+    _require_columns(frame, [*metrics, *by])
     if "seed" in frame.columns and frame.duplicated([*by, "seed"]).any():
         raise ValueError(
             "more than one row per run and group: pass one row per run, e.g. result.final()"
@@ -255,18 +245,15 @@ def format_summary(
 ) -> pd.DataFrame:
     """``mean ± std [min–max]`` strings per metric from :func:`summarize` (``scale=100`` shows
     fractions as percentages; ``scale=1`` for times or epochs)."""
-    out = {}
-    for metric in summary.columns.get_level_values(0).unique():
-        s = summary[metric] * [scale, scale, scale, scale, 1]
-        text = s.apply(
-            lambda r: (
-                f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"
-                + (f"  [{r['min']:.{digits}f}–{r['max']:.{digits}f}]" if spread else "")
-            ),
-            axis=1,
-        )
-        out[metric] = text
-    frame = pd.DataFrame(out)
+
+    def cell(r: pd.Series) -> str:
+        text = f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}"
+        return text + (f"  [{r['min']:.{digits}f}–{r['max']:.{digits}f}]" if spread else "")
+
+    metrics = summary.columns.get_level_values(0).unique()
+    frame = pd.DataFrame(
+        {m: (summary[m] * [scale, scale, scale, scale, 1]).apply(cell, axis=1) for m in metrics}
+    )
     frame["seeds"] = summary.xs("n", axis=1, level=1).iloc[:, 0].astype(int)
     return frame
 
@@ -329,13 +316,10 @@ class Comparison:
 
         For example ``"BatchNorm 85.1% vs no BN 82.3%; paired difference (BatchNorm − no BN)
         +2.8 points (95% interval +1.9 to +3.7 points, n = 5 seeds): beyond seed noise in favour of
-        BatchNorm"``, or ``"…: not resolved with 5 seeds (the interval includes 0)"``.
-
-        Args:
-            fmt: formats a mean and a difference (default: a fraction as a percentage, and a
-                difference of fractions in percentage points).
-            lower_is_better: the metric is a loss, an error or a time: a negative ``a - b``
-                favours ``a``.
+        BatchNorm"``, or ``"…: not resolved with 5 seeds (the interval includes 0)"``. ``fmt``
+        formats a mean and a difference (default: a fraction as a percentage, a difference of
+        fractions in percentage points); ``lower_is_better``: the metric is a loss, an error or a
+        time, so a negative ``a - b`` favours ``a``.
         """
         mean_fmt = fmt or (lambda v: f"{100 * v:.1f}%")
         diff_fmt = fmt or (lambda v: f"{100 * v:.1f}")
@@ -382,18 +366,8 @@ def paired_comparison(
     d = va - vb
     mean = float(d.mean())
     half = _t_quantile(n, confidence) * float(d.std(ddof=1)) / math.sqrt(n)
-    return Comparison(
-        a,
-        b,
-        metric,
-        n,
-        float(va.mean()),
-        float(vb.mean()),
-        mean,
-        mean - half,
-        mean + half,
-        confidence,
-    )
+    means = float(va.mean()), float(vb.mean())
+    return Comparison(a, b, metric, n, *means, mean, mean - half, mean + half, confidence)
 
 
 def compare(frame: pd.DataFrame, a: str, b: str, metric: str, by: str = "variant") -> Comparison:
@@ -407,9 +381,7 @@ def compare(frame: pd.DataFrame, a: str, b: str, metric: str, by: str = "variant
         ValueError: a seed appears twice in a group, the two groups' seeds differ, there are
             fewer than two seeds, or a value is not finite.
     """
-    missing = [c for c in (by, "seed", metric) if c not in frame.columns]
-    if missing:
-        raise KeyError(f"columns {missing} not in the frame (it has {list(frame.columns)})")
+    _require_columns(frame, [by, "seed", metric])
     arms = {}
     for name in (a, b):
         rows = frame.loc[frame[by] == name, ["seed", metric]]
@@ -450,10 +422,8 @@ def rejection_rate(
     shared = rng.normal(0.0, shared_sd, (n_sim, n_seeds))
     values_a = shared + rng.normal(0.0, 1.0, (n_sim, n_seeds)) + effect
     values_b = shared + rng.normal(0.0, 1.0, (n_sim, n_seeds))
-    hits = sum(
-        paired_comparison(va, vb).beyond_noise for va, vb in zip(values_a, values_b, strict=True)
-    )
-    return hits / n_sim
+    pairs = zip(values_a, values_b, strict=True)
+    return sum(paired_comparison(va, vb).beyond_noise for va, vb in pairs) / n_sim
 
 
 def false_positive_rate(
@@ -476,9 +446,8 @@ def epochs_to(
     rows = []
     for (group, seed), run in frame.sort_values("epoch").groupby([by, "seed"], sort=False):
         hit = run.loc[run[metric] >= threshold, "epoch"]
-        rows.append(
-            {by: group, "seed": seed, "epochs_to": float(hit.iloc[0]) if len(hit) else math.nan}
-        )
+        first = float(hit.iloc[0]) if len(hit) else math.nan
+        rows.append({by: group, "seed": seed, "epochs_to": first})
     order = list(dict.fromkeys(frame[by]))
     out = pd.DataFrame(rows)
     out[by] = pd.Categorical(out[by], categories=order, ordered=True)

@@ -1,22 +1,14 @@
-"""Taking a trained model out of Python: TorchScript, ``torch.export``, parity and latency.
+"""Taking a trained model out of Python: TorchScript, ``torch.export``, ONNX, parity and latency.
 
-- :func:`make_scriptable` gives a copy of a :class:`~course_utils.models.FashionCNN` whose
-  ``forward`` is in TorchScript's subset of Python (same weights, same outputs);
-- :func:`export_model` runs ``torch.export.export`` with a declared dynamic batch dimension;
-- :func:`save_torchscript` / :func:`load_torchscript` and :func:`save_exported` /
-  :func:`load_exported` write atomically with a SHA-256 next to the file, and turn a missing,
-  truncated or corrupted file into one clear :class:`ModelFileError` (the file plumbing lives in
-  :mod:`course_utils.artefacts`, which the torch-free server also uses);
-- :func:`export_onnx` runs ``torch.onnx.export(..., dynamo=True)`` with a dynamic batch dimension
-  and saves the ``.onnx`` the same way; :func:`load_onnx` checks it and opens an ONNX Runtime
-  ``InferenceSession``, and :func:`run_onnx` calls one on a tensor;
-- :func:`export_dir` is where chapter 8 writes its files and chapter 9 (and the book's "Try the
-  model" page) read them: ``checkpoints/08_export[_quick]/`` (``$COURSE_CHECKPOINT_DIR``
-  overrides ``checkpoints/``), holding ``fashion_cnn.pt2`` and ``fashion_cnn.onnx``;
-- :func:`max_abs_diff` measures parity, :func:`run_in_fresh_process` loads a saved model in a new
-  Python process that cannot import the course's code, and :func:`measure_latency` times a call
-  with repeats (median and spread);
-- :class:`InvertIfBright` is a small module with data-dependent control flow: the tracing pitfall.
+:func:`make_scriptable` copies a :class:`~course_utils.models.FashionCNN` into TorchScript's subset
+of Python; :func:`export_model` and :func:`export_onnx` export with a dynamic batch dimension. The
+``save_*`` / ``load_*`` functions write atomically with a SHA-256 next to the file and turn a
+missing, truncated or corrupted file into one clear :class:`ModelFileError` (the file plumbing is
+:mod:`course_utils.artefacts`, which the torch-free server also uses). :func:`export_dir` is where
+chapter 8 writes its files and chapter 9 and the book's "Try the model" page read them.
+:func:`max_abs_diff` measures parity, :func:`run_in_fresh_process` loads a saved model in a Python
+process that cannot import the course's code, and :func:`measure_latency` times a call (median and
+spread). :class:`InvertIfBright` has data-dependent control flow: the tracing pitfall.
 """
 
 from __future__ import annotations
@@ -29,8 +21,7 @@ import tempfile
 import textwrap
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,8 +77,7 @@ class ScriptableFashionCNN(FashionCNN):
                 f"this FashionCNN was built for {self.input_size[0]}×{self.input_size[1]} "
                 f"inputs, got {x.shape}"
             )
-        x = self.dropout(self.act3(self.bn_fc(self.fc1(self.features(x)))))
-        return self.fc2(x)
+        return self.fc2(self.dropout(self.act3(self.bn_fc(self.fc1(self.features(x))))))
 
 
 def make_scriptable(model: FashionCNN) -> ScriptableFashionCNN:
@@ -124,12 +114,9 @@ def export_model(
 ) -> torch.export.ExportedProgram:
     """``torch.export.export(model, (example,))``, with dimension 0 declared dynamic.
 
-    Args:
-        model: the module to export (put it in eval mode first).
-        example: one example batch; its other dimensions are fixed in the program.
-        dynamic_batch: declare the batch dimension as ``Dim("batch", min=1, max=max_batch)``;
-            without it the program accepts only ``example``'s batch size.
-        max_batch: the largest batch the program accepts.
+    Put ``model`` in eval mode first. ``example``'s other dimensions are fixed in the program; its
+    batch dimension is ``Dim("batch", min=1, max=max_batch)``, or, without ``dynamic_batch``, fixed
+    too.
     """
     shapes = {"x": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if dynamic_batch else None
     return torch.export.export(model, (example,), dynamic_shapes=shapes)
@@ -156,15 +143,10 @@ def export_onnx(
 ) -> Path:
     """``torch.onnx.export(..., dynamo=True)`` with a dynamic batch, saved atomically + SHA-256.
 
-    The graph's input is named :data:`ONNX_INPUT` and its output :data:`ONNX_OUTPUT`; dimension
-    0 of both is the symbolic ``batch`` (1 to ``max_batch``), the others are fixed by
-    ``example``. The weights are stored inside the one ``.onnx`` file.
-
-    Args:
-        model: the module to export, in eval mode.
-        example: one example batch, e.g. ``x[:8]``.
-        path: the file to write; must end in ``.onnx``.
-        max_batch: the largest batch the declared dimension allows.
+    ``model`` is in eval mode; ``path`` must end in ``.onnx``. The graph's input is named
+    :data:`ONNX_INPUT` and its output :data:`ONNX_OUTPUT`; dimension 0 of both is the symbolic
+    ``batch`` (1 to ``max_batch``), the others are fixed by ``example`` (e.g. ``x[:8]``). The
+    weights are stored inside the one ``.onnx`` file.
     """
     if Path(path).suffix != ".onnx":
         raise ValueError(f"ONNX files must end in .onnx, got {Path(path).name!r}")
@@ -195,18 +177,6 @@ def save_exported(program: torch.export.ExportedProgram, path: str | Path) -> Pa
     if Path(path).suffix != ".pt2":
         raise ValueError(f"torch.export files must end in .pt2, got {Path(path).name!r}")
     return save_atomically(lambda tmp: torch.export.save(program, tmp), path)
-
-
-@contextmanager
-def _quiet_torch_export_log() -> Iterator[None]:
-    """torch.export.load logs a full traceback at WARNING level before it raises; we re-raise."""
-    logger = logging.getLogger("torch.export")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def load_torchscript(
@@ -241,15 +211,20 @@ def load_exported(path: str | Path) -> torch.export.ExportedProgram:
     path = verified(path, "torch.export")
     if path.suffix != ".pt2":
         raise ModelFileError(f"torch.export files end in .pt2; {path.name} does not")
+    # torch.export.load logs a full traceback at WARNING level before it raises; we re-raise.
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
     try:
-        with _quiet_torch_export_log():
-            return torch.export.load(path)
+        return torch.export.load(path)
     except Exception as err:  # noqa: BLE001 - zipfile, RuntimeError, UnicodeDecodeError, ...
         raise ModelFileError(
             f"torch.export file {path} could not be loaded ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:160]}); it is truncated, corrupted, or not a file "
             "written by torch.export.save (a TorchScript file needs load_torchscript)"
         ) from err
+    finally:
+        logger.setLevel(level)
 
 
 def load_onnx(
@@ -257,10 +232,8 @@ def load_onnx(
 ) -> onnxruntime.InferenceSession:
     """An ONNX Runtime session (CPU) for ``path``, after its SHA-256 check.
 
-    Args:
-        path: a ``.onnx`` file, e.g. from :func:`export_onnx`.
-        require_sidecar: refuse a file without ``<path>.sha256`` (what a server should do).
-        threads: ONNX Runtime's intra-op threads; ``None`` lets it choose.
+    ``require_sidecar``: refuse a file without ``<path>.sha256`` (what a server should do);
+    ``threads``: ONNX Runtime's intra-op threads (``None`` lets it choose).
 
     Raises:
         ModelFileError: the file is missing, empty, has no sidecar (when required), does not
@@ -338,17 +311,10 @@ def run_in_fresh_process(
 ) -> FreshProcessResult:
     """Load ``path`` in a new Python process that cannot import ``course_utils``, run ``inputs``.
 
-    Args:
-        path: a TorchScript (``kind="torchscript"``) or ``.pt2`` (``kind="export"``) file.
-        inputs: the batch to run; it travels to the process as a tensor file.
-        kind: ``"torchscript"`` or ``"export"``.
-        timeout: seconds before the process is stopped.
-
-    Returns:
-        The outputs, the process's standard output, and the script it ran.
-
-    Raises:
-        RuntimeError: the process failed (its standard error is in the message).
+    ``path`` is a TorchScript (``kind="torchscript"``) or ``.pt2`` (``kind="export"``) file;
+    ``inputs`` travel as a tensor file; the process is stopped after ``timeout`` seconds. Returns
+    the outputs, the process's standard output and the script it ran; raises ``RuntimeError``
+    with the process's standard error if it failed.
     """
     if kind not in ("torchscript", "export"):
         raise ValueError(f"kind must be 'torchscript' or 'export', got {kind!r}")
@@ -358,13 +324,8 @@ def run_in_fresh_process(
         torch.save(inputs.detach().cpu(), x_path)
         # -I: isolated mode, so neither the current folder nor PYTHONPATH is on sys.path.
         cmd = [sys.executable, "-I", "-W", "ignore::FutureWarning", str(script)]
-        done = subprocess.run(
-            [*cmd, kind, str(Path(path).resolve()), str(x_path), str(y_path)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=folder,
-        )
+        cmd += [kind, str(Path(path).resolve()), str(x_path), str(y_path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=folder)
         if done.returncode != 0:
             raise RuntimeError(
                 f"the fresh process failed (exit {done.returncode}):\n{done.stderr[-2000:]}"

@@ -14,7 +14,20 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["capture_activations", "hook_count"]
+__all__ = ["capture_activations", "hook_count", "submodules"]
+
+
+def submodules(
+    model: nn.Module, names: Iterable[str], *, root: bool = True
+) -> dict[str, nn.Module]:
+    """``{name: module}`` for ``names``; a ``KeyError`` for a name that is not a submodule (or,
+    with ``root=False``, is ``""``, the model itself) lists the ones ``model`` has."""
+    modules = dict(model.named_modules())
+    names = list(dict.fromkeys(names))
+    if unknown := [n for n in names if n not in modules or not (n or root)]:
+        known = [n for n in modules if n]
+        raise KeyError(f"no submodule named {unknown}; the model has {known}")
+    return {n: modules[n] for n in names}
 
 
 @contextmanager
@@ -37,22 +50,17 @@ def capture_activations(
     Raises:
         KeyError: a name is not a submodule of ``model`` (the message lists the ones it has).
     """
-    modules = dict(model.named_modules())
-    names = list(dict.fromkeys(names))
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        known = [n for n in modules if n]
-        raise KeyError(f"no submodule named {unknown}; the model has {known}")
-    captured: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    modules = submodules(model, names)
+    captured: dict[str, list[torch.Tensor]] = {n: [] for n in modules}
     handles = []
     try:
-        for name in names:
+        for name, module in modules.items():
 
             def hook(_module: nn.Module, args: tuple, output: torch.Tensor, name=name) -> None:
                 seen = args[0] if inputs else output
                 captured[name].append(seen.detach().float().cpu().clone())
 
-            handles.append(modules[name].register_forward_hook(hook))
+            handles.append(module.register_forward_hook(hook))
         yield captured
     finally:
         for handle in handles:

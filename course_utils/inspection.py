@@ -74,13 +74,9 @@ def filters_for_display(weight: torch.Tensor) -> torch.Tensor:
 
 
 def summarise_kernels(weight: torch.Tensor, how: str = "mean") -> torch.Tensor:
-    """One 2-D kernel per output channel of a ``[out, in, kh, kw]`` weight.
-
-    Args:
-        weight: a conv weight.
-        how: ``"mean"`` averages over input channels; ``"strongest"`` keeps, per output channel,
-            the input channel's kernel with the largest L2 norm.
-    """
+    """One 2-D kernel per output channel of a ``[out, in, kh, kw]`` conv weight: ``how="mean"``
+    averages over input channels; ``"strongest"`` keeps, per output channel, the input channel's
+    kernel with the largest L2 norm."""
     w = weight.detach().float().cpu()
     if how == "mean":
         return w.mean(1)
@@ -95,11 +91,9 @@ def plot_filters(
 ) -> Figure:
     """Grids of 2-D kernels side by side, on one shared, symmetric colour scale with a colour bar.
 
-    Args:
-        panels: ``{panel title: [n, kh, kw] kernels}`` (e.g. before / after training).
-        ncols: kernels per row in each panel.
-        title: the figure's title.
-        cmap: a diverging colour map (0 is white: negative and positive weights read apart).
+    ``panels`` is ``{panel title: [n, kh, kw] kernels}`` (e.g. before / after training), with
+    ``ncols`` kernels per row; ``cmap`` is diverging (0 is white: negative and positive weights
+    read apart).
     """
     vmax = max(float(k.detach().abs().max()) for k in panels.values())
     nrows = max(-(-len(k) // ncols) for k in panels.values())
@@ -110,8 +104,7 @@ def plot_filters(
         sub = grids[0, p].subgridspec(nrows, ncols, wspace=0.08, hspace=0.08)
         for i in range(nrows * ncols):
             ax = fig.add_subplot(sub[i // ncols, i % ncols])
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if i < len(kernels):
                 k = kernels[i].detach().float().cpu().numpy()
                 image = ax.imshow(k, cmap=cmap, vmin=-vmax, vmax=vmax)
@@ -142,10 +135,8 @@ def plot_feature_maps(
 
     Each map has its own colour scale (``viridis``); the input image is shown on the left.
     """
-    rows = len(activations)
-    fig, axes = plt.subplots(
-        rows, len(channels) + 1, figsize=(1.3 * (len(channels) + 1), 1.35 * rows), squeeze=False
-    )
+    rows, cols = len(activations), len(channels) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.35 * rows), squeeze=False)
     for r, (stage, act) in enumerate(activations.items()):
         _show_image(axes[r, 0], image, "input" if r == 0 else "")
         if r:
@@ -153,8 +144,7 @@ def plot_feature_maps(
         for c, ch in enumerate(channels):
             ax = axes[r, c + 1]
             ax.imshow(act[0, ch].numpy(), cmap="viridis")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.set(xticks=[], yticks=[])
             if r == 0 or stage.startswith("conv2"):
                 ax.set_title(f"channel {ch}", fontsize=8)
             if c == 0:
@@ -218,10 +208,8 @@ def plot_top_activating(
     title: str = "Top-activating images",
 ) -> Figure:
     """Rows: channels; columns: the images of ``top[channel]`` (from :func:`top_k_indices`)."""
-    k = top.shape[1]
-    fig, axes = plt.subplots(
-        len(channels), k, figsize=(1.05 * k + 0.6, 1.15 * len(channels)), squeeze=False
-    )
+    rows, k = len(channels), top.shape[1]
+    fig, axes = plt.subplots(rows, k, figsize=(1.05 * k + 0.6, 1.15 * rows), squeeze=False)
     for r, ch in enumerate(channels):
         for c in range(k):
             idx = int(top[ch, c])

@@ -45,13 +45,8 @@ def plot_history(
     histories: Mapping[str, Mapping[str, Sequence[float]]] | Mapping[str, Sequence[float]],
     title: str = "Learning curves",
 ) -> Figure:
-    """Loss and accuracy per epoch, train (dashed) vs validation (solid).
-
-    Args:
-        histories: one ``History.to_dict()``, or ``{run name: History.to_dict()}`` to overlay
-            several runs.
-        title: figure title.
-    """
+    """Loss and accuracy per epoch, train (dashed) vs validation (solid), of one
+    ``History.to_dict()`` or of several runs, ``{run name: History.to_dict()}``."""
     if "train_loss" in histories:
         histories = {"": histories}  # a single run
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -98,15 +93,8 @@ def plot_confusion_matrix(
     threshold = cm.max() / 2
     for i, j in np.ndindex(cm.shape):
         text = f"{cm[i, j]:.2f}" if normalize else f"{cm[i, j]:d}"
-        ax.text(
-            j,
-            i,
-            text,
-            ha="center",
-            va="center",
-            fontsize=7,
-            color="white" if cm[i, j] > threshold else "black",
-        )
+        color = "white" if cm[i, j] > threshold else "black"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     fig.tight_layout()
     return fig
 
@@ -173,38 +161,22 @@ def plot_curves(
 ) -> Figure:
     """Mean of ``metric`` over seeds against ``x``, with the min–max range over seeds shaded.
 
-    Args:
-        frame: a tidy table with columns ``by``, ``seed``, ``x`` and ``metric``.
-        metric: the column to plot.
-        x: the column for the horizontal axis (``"epoch"`` or ``"step"``).
-        by: one line per value of this column.
-        ax: draw into this axes (default: a new figure).
-        title: axes title (default: the metric's name).
-        ylabel: y-axis label (default: the metric's name).
-        smooth: moving-average window applied per run before averaging (for noisy step losses).
-        linestyle: line style (e.g. ``"--"`` to overlay training curves).
-        colors: a colour per group (default: matplotlib's cycle in order of appearance).
-        label_suffix: appended to each legend entry.
+    ``frame`` is a tidy table with columns ``by`` (one line per value), ``seed``, ``x``
+    (``"epoch"`` or ``"step"``) and ``metric``; ``title`` and ``ylabel`` default to the metric's
+    name, ``ax`` to a new figure, ``colors`` (per group) to matplotlib's cycle. ``smooth`` is a
+    moving-average window applied per run before averaging (for noisy step losses); use
+    ``linestyle="--"`` and a ``label_suffix`` to overlay training curves.
     """
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-    else:
-        fig = ax.figure
+    fig, ax = plt.subplots(figsize=(6.5, 4)) if ax is None else (ax.figure, ax)
     for i, (group, part) in enumerate(frame.groupby(by, sort=False)):
         wide = part.pivot_table(index=x, columns="seed", values=metric)
         if smooth > 1:
             wide = wide.rolling(smooth, min_periods=1).mean()
         color = (colors or {}).get(group, f"C{i}")
-        n = wide.shape[1]
-        ax.plot(
-            wide.index,
-            wide.mean(axis=1),
-            linestyle,
-            color=color,
-            marker="o" if x == "epoch" and len(wide) <= 30 else None,
-            ms=3,
-            label=f"{group}{label_suffix} (n={n})",
-        )
+        mean = wide.mean(axis=1)
+        marker = "o" if x == "epoch" and len(wide) <= 30 else None
+        label = f"{group}{label_suffix} (n={wide.shape[1]})"
+        ax.plot(mean.index, mean, linestyle, color=color, marker=marker, ms=3, label=label)
         ax.fill_between(
             wide.index, wide.min(axis=1), wide.max(axis=1), color=color, alpha=0.2, lw=0
         )

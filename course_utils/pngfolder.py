@@ -108,12 +108,8 @@ class Skipped:
 
 
 def class_folder_name(label: int, name: str, digits: int = 2) -> str:
-    """``"00_T-shirt-top"``: the label zero-padded to ``digits`` digits, then the name with
-    ``/`` and spaces replaced by ``-``.
-
-    Zero-padding makes the folders' text order (how ``ImageFolder`` numbers classes) equal to
-    the label order also past 9 classes: ``"10_x"`` sorts after ``"09_y"``, while unpadded
-    ``"10_x"`` would sort between ``"1_…"`` and ``"2_…"``.
+    """``"00_T-shirt-top"``: the label zero-padded to ``digits`` digits (so that the folders' text
+    order is the label order: see the module docstring), then the name, ``/`` and spaces as ``-``.
 
     Raises:
         ValueError: ``label`` is negative or needs more than ``digits`` digits.
@@ -233,10 +229,7 @@ def _check_regular_file(path: Path) -> None:
 
 
 def _check_size(
-    path: Path,
-    size: tuple[int, int],
-    expected_size: tuple[int, int] | None,
-    max_pixels: int,
+    path: Path, size: tuple[int, int], expected_size: tuple[int, int] | None, max_pixels: int
 ) -> None:
     """The header's size against the pixel budget and ``expected_size``, before decoding."""
     w, h = size
@@ -346,9 +339,7 @@ class PNGFolder(Dataset):
         if not self.root.is_dir():
             raise NotADirectoryError(f"data root {self.root} is a file, not a folder")
         self.transform = transform if transform is not None else standard_transform()
-        self.on_error = on_error
-        self.expected_size = expected_size
-        self.max_pixels = max_pixels
+        self.on_error, self.expected_size, self.max_pixels = on_error, expected_size, max_pixels
         self.report: list[Skipped] = []
         entries = sorted(self.root.iterdir())
         self.classes = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")]
@@ -426,6 +417,6 @@ class PNGFolder(Dataset):
         not UTF-8 are shown escaped (``bad\\xff.png``), as pandas refuses them raw."""
         rows = [
             [t.encode(errors="surrogateescape").decode(errors="backslashreplace") for t in r]
-            for r in [(s.path, s.reason) for s in self.report]
+            for r in ((s.path, s.reason) for s in self.report)
         ]
         return pd.DataFrame(rows, columns=["path", "reason"])

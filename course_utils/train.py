@@ -91,13 +91,8 @@ def bf16_pays(device: str | torch.device, cpuinfo: str | Path = "/proc/cpuinfo")
         text = Path(cpuinfo).read_text()
     except OSError:
         return False
-    flags = {
-        flag
-        for line in text.splitlines()
-        if line.startswith("flags")
-        for flag in line.partition(":")[2].split()
-    }
-    return bool(flags & NATIVE_BF16_CPU_FLAGS)
+    flags = [line.partition(":")[2] for line in text.splitlines() if line.startswith("flags")]
+    return bool(set(" ".join(flags).split()) & NATIVE_BF16_CPU_FLAGS)
 
 
 @dataclass
@@ -256,13 +251,13 @@ def time_training_steps(
     emulated bfloat16, still gets a rate, from fewer batches).
     """
     device = _model_device(model)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     images, start = 0, time.perf_counter()
     for i, (x, y) in enumerate(batches):
         if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             images, start = 0, time.perf_counter()
         if i == warmup + n_batches or (
             i > warmup and max_seconds is not None and time.perf_counter() - start > max_seconds
@@ -277,8 +272,7 @@ def time_training_steps(
         images += len(y)
     else:
         raise ValueError(f"need at least {warmup + n_batches} batches to time {n_batches}")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     return images / (time.perf_counter() - start)
 
 
@@ -327,14 +321,8 @@ def load_checkpoint(
     """Load a checkpoint made by :func:`save_checkpoint` (safely, with ``weights_only=True``),
     after checking it against its ``.sha256`` if it has one (older files without one load too).
 
-    Args:
-        path: the ``.pt`` file.
-        model: the model to load into; if ``None``, a :class:`FashionCNN` is built from the
-            stored config.
-        map_location: where to put the tensors.
-
-    Returns:
-        ``(model, meta)``.
+    Returns ``(model, meta)``; with ``model=None``, a :class:`FashionCNN` is built from the stored
+    config.
 
     Raises:
         CheckpointError: the file is missing, corrupt, does not match its ``.sha256``, is not a

@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
 from .data import FashionMNISTTensors
+from .hooks import submodules
 
 __all__ = [
     "DIGIT_CLASSES",
@@ -52,7 +53,7 @@ def freeze(model: nn.Module, names: Iterable[str]) -> list[str]:
         TypeError: a BatchNorm inside a frozen module is not ``BatchNorm2d`` (or does not track
             running statistics), so ``FrozenBatchNorm2d`` cannot stand in for it.
     """
-    modules = _named(model, names)
+    modules = submodules(model, names, root=False)
     for module in modules.values():  # refuse before changing anything
         for sub in module.modules():
             if isinstance(sub, _BatchNorm):
@@ -74,7 +75,7 @@ def unfreeze(model: nn.Module, names: Iterable[str]) -> list[nn.Parameter]:
         The parameters that became trainable: give them to the optimiser, e.g.
         ``optimizer.add_param_group({"params": unfreeze(model, ["conv1"]), "lr": ...})``.
     """
-    modules = _named(model, names)
+    modules = submodules(model, names, root=False)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     for name in modules:
         _swap(model, name, FrozenBatchNorm2d, _to_batchnorm)
@@ -86,15 +87,6 @@ def unfreeze(model: nn.Module, names: Iterable[str]) -> list[nn.Parameter]:
                 trainable.add(id(p))
                 newly.append(p)
     return newly
-
-
-def _named(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
-    modules = dict(model.named_modules())
-    unknown = [n for n in names if n not in modules or not n]
-    if unknown:
-        known = [n for n in modules if n]
-        raise KeyError(f"no submodule named {unknown}; the model has {known}")
-    return {n: modules[n] for n in names}
 
 
 def _swap(
@@ -136,12 +128,9 @@ def _to_frozen(bn: nn.Module) -> FrozenBatchNorm2d:
 
 def _to_batchnorm(frozen: nn.Module) -> nn.BatchNorm2d:
     restore = getattr(frozen, "restore", {"momentum": 0.1, "affine": True})
-    bn = nn.BatchNorm2d(
-        frozen.weight.numel(),
-        eps=frozen.eps,
-        momentum=restore["momentum"],
-        affine=restore["affine"],
-    ).to(frozen.running_mean.device)
+    momentum, affine = restore["momentum"], restore["affine"]
+    bn = nn.BatchNorm2d(frozen.weight.numel(), eps=frozen.eps, momentum=momentum, affine=affine)
+    bn = bn.to(frozen.running_mean.device)
     with torch.no_grad():
         bn.running_mean.copy_(frozen.running_mean)
         bn.running_var.copy_(frozen.running_var)
@@ -208,18 +197,16 @@ def load_digits_tensors(
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     images = (x.squeeze(1) * 255).round().clamp(0, 255).to(torch.uint8)
     labels = torch.tensor(digits.target, dtype=torch.long)
+    y = labels.numpy()
     rest_idx, test_idx = train_test_split(
-        np.arange(len(labels)),
-        test_size=test_fraction,
-        stratify=labels.numpy(),
-        random_state=seed,
+        np.arange(len(y)), test_size=test_fraction, stratify=y, random_state=seed
     )
     splits = {"test": test_idx}
     if val_fraction > 0:
         rest_idx, splits["val"] = train_test_split(
             rest_idx,
-            test_size=round(val_fraction * len(labels)),
-            stratify=labels.numpy()[rest_idx],
+            test_size=round(val_fraction * len(y)),
+            stratify=y[rest_idx],
             random_state=seed,
         )
     splits["train"] = rest_idx

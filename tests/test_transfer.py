@@ -73,6 +73,17 @@ def test_freeze_unknown_name() -> None:
         freeze(FashionCNN(), ["conv9"])
 
 
+def test_freeze_refuses_the_whole_model_and_takes_any_iterable() -> None:
+    """``""`` names the model itself, which is not a layer to freeze; a generator of names
+    works like a list (the name check must not use it up)."""
+    model = FashionCNN()
+    with pytest.raises(KeyError, match=r"\[''\]"):
+        freeze(model, [""])
+    assert all(p.requires_grad for p in model.parameters())
+    freeze(model, (name for name in ["conv1"]))
+    assert not model.conv1.weight.requires_grad and model.conv2.weight.requires_grad
+
+
 def test_frozen_batchnorm_statistics_survive_train_mode() -> None:
     torch.manual_seed(0)
     model = FashionCNN(norm="batch")
