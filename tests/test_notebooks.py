@@ -1,5 +1,6 @@
-"""Every chapter, then every executable book page, runs in quick mode (one test each); then the
-book builds from those executed copies.
+"""Every chapter and every executable book page runs in quick mode (one test each), all executed
+once, as `make book` does, in the pipeline's parallel lanes; then the book builds from those
+executed copies.
 
 The book test comes last in this file so it reuses the executed copies; run on its own, it
 executes whatever is missing first.
@@ -33,6 +34,20 @@ def _errors(path: Path) -> list[dict]:
     ]
 
 
+@pytest.fixture(scope="module")
+def quick_run() -> dict[Path, str]:
+    """Every chapter and page executed by the pipeline in quick mode: the failures, by notebook.
+
+    A record left by an earlier run must not pass, so the chapters' records are removed first.
+    The caller has ``MPLBACKEND=Agg`` set (as ``import streamlit`` does): the pipeline owns the
+    kernel's environment, so every figure must still be in the executed copies."""
+    for notebook in CHAPTERS:
+        (metrics_dir(quick=True) / f"{notebook.stem}.json").unlink(missing_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLBACKEND", "Agg")
+        return pipeline.execute_all(CHAPTERS + PAGES, quick=True, device="cpu")
+
+
 def test_there_are_chapters() -> None:
     """The pipeline finds the chapters (an empty glob would make the tests below vacuous)."""
     assert [p.name for p in CHAPTERS][:1] == ["01_baseline_cnn.ipynb"]
@@ -53,15 +68,11 @@ def _figure_calls(nb: nbformat.NotebookNode) -> int:
 
 
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=[p.stem for p in CHAPTERS])
-def test_chapter_runs_in_quick_mode(notebook: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """papermill runs the chapter with QUICK=True, it records fresh metrics, leaves no errors,
-    and every figure it shows is in the executed copy, even when the caller has
-    ``MPLBACKEND=Agg`` set (as ``import streamlit`` does): the pipeline owns the kernel's
-    environment."""
-    record_path = metrics_dir(quick=True) / f"{notebook.stem}.json"
-    record_path.unlink(missing_ok=True)  # a record left by an earlier run must not pass
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    out = pipeline.execute_notebook(notebook, quick=True, device="cpu")
+def test_chapter_runs_in_quick_mode(notebook: Path, quick_run: dict[Path, str]) -> None:
+    """papermill ran the chapter with QUICK=True; it recorded fresh metrics, left no errors,
+    and every figure it shows is in the executed copy (see ``quick_run``)."""
+    assert notebook not in quick_run, quick_run.get(notebook)
+    out = pipeline.executed_path(notebook, quick=True)
     assert not _errors(out)
     executed = nbformat.read(out, as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
@@ -69,15 +80,16 @@ def test_chapter_runs_in_quick_mode(notebook: Path, monkeypatch: pytest.MonkeyPa
     wanted = _figure_calls(nbformat.read(notebook, as_version=4))
     assert wanted >= 1, "a chapter shows at least one figure"
     assert _images(executed) >= wanted, f"{_images(executed)} figures rendered, {wanted} shown"
-    record = json.loads(record_path.read_text())
+    record = json.loads((metrics_dir(quick=True) / f"{notebook.stem}.json").read_text())
     assert record["mode"] == "quick"
     assert record["metrics"], "the chapter recorded no headline metrics"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
-def test_book_page_runs(page: Path) -> None:
-    """Each executable book page (cheat sheet, results) runs without errors after the chapters."""
-    assert not _errors(pipeline.execute_notebook(page, quick=True, device="cpu"))
+def test_book_page_runs(page: Path, quick_run: dict[Path, str]) -> None:
+    """Each executable book page (the results page after every chapter) ran without errors."""
+    assert page not in quick_run, quick_run.get(page)
+    assert not _errors(pipeline.executed_path(page, quick=True))
 
 
 def test_book_builds_from_executed_copies() -> None:

@@ -11,9 +11,14 @@ The site is assembled in ``_build/site_src/`` from those copies plus the other b
 exercises and solutions, and built with execution off and Sphinx warnings as errors into
 ``_build/html``.
 
+Notebooks run in parallel lanes, one process each (:func:`execute_all`): up to one per CPU core,
+each with a share of the cores, and each only after the notebooks it reads from (:data:`NEEDS`).
+In full mode a notebook whose timings are findings (:data:`TIMES_ITSELF`) runs alone, with every
+core; quick mode's numbers are a smoke run, so there every notebook shares.
+
 Usage::
 
-    python -m course_utils.build.pipeline execute [--quick] [--only 01]
+    python -m course_utils.build.pipeline execute [--quick] [--only 01] [--jobs 1]
     python -m course_utils.build.pipeline book [--quick] [--reuse]
     python -m course_utils.build.pipeline execute --quick --only 04 --runner inprocess
 """
@@ -27,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,11 +45,15 @@ __all__ = [
     "build_book",
     "chapter_notebooks",
     "ensure_book",
+    "NEEDS",
+    "TIMES_ITSELF",
+    "execute_all",
     "execute_notebook",
     "executed_dir",
     "executed_path",
     "execution_errors",
     "is_fresh",
+    "next_to_start",
     "page_notebooks",
     "stage_site",
 ]
@@ -52,6 +61,32 @@ __all__ = [
 REPO = REPO_ROOT
 BUILD = BUILD_DIR
 SITE_ITEMS = ("_config.yml", "_toc.yml", "book", "exercises", "solutions", "references.bib")
+
+
+# What a notebook reads from another's run (chapter 1's checkpoint, chapter 8's ONNX file, every
+# chapter's metrics): it starts only after those have finished. "*": every other notebook.
+NEEDS: dict[str, tuple[str, ...]] = {
+    "05_visualising": ("01_baseline_cnn",),
+    "06_transfer": ("01_baseline_cnn",),
+    "08_export": ("01_baseline_cnn",),
+    "09_serving": ("08_export",),
+    "10_gradcam": ("01_baseline_cnn",),
+    "serving_hardening": ("09_serving",),
+    "results": ("*",),
+}
+# Notebooks whose timings are findings (training speed, BatchNorm's cost, loader workers,
+# latencies, the load test, the speed ladder): in full mode each runs alone, with every core.
+TIMES_ITSELF = frozenset(
+    {
+        "01_baseline_cnn",
+        "02_batchnorm",
+        "07_png_dataloader",
+        "08_export",
+        "09_serving",
+        "serving_hardening",
+        "training_fast",
+    }
+)
 
 
 def chapter_notebooks() -> list[Path]:
@@ -109,6 +144,99 @@ def execute_notebook(
     mode = "quick" if quick else "full"
     print(f"executed {notebook.name} ({mode}) with {runner} in {seconds:.1f} s")
     return out
+
+
+def next_to_start(
+    pending: Sequence[Path],
+    running: Sequence[Path],
+    finished: set[str],
+    quick: bool,
+    jobs: int,
+) -> Path | None:
+    """The notebook to start now, or None: the first pending one whose :data:`NEEDS` have
+    ``finished``, if a lane is free. In full mode a :data:`TIMES_ITSELF` notebook starts only
+    on an idle machine and nothing starts beside it; until then the others pass it."""
+    names = {nb.stem for nb in (*pending, *running)} | finished
+    if len(running) >= jobs or any(not quick and nb.stem in TIMES_ITSELF for nb in running):
+        return None
+    for notebook in pending:
+        needs = NEEDS.get(notebook.stem, ())
+        needs = names - {notebook.stem} if "*" in needs else set(needs) & names
+        alone = not quick and notebook.stem in TIMES_ITSELF
+        if needs <= finished and not (alone and running):
+            return notebook
+    return None
+
+
+def execute_all(
+    notebooks: Sequence[Path],
+    quick: bool,
+    device: str = "auto",
+    jobs: int | None = None,
+    runner: str | None = None,
+) -> dict[Path, str]:
+    """Execute ``notebooks`` (each by :func:`execute_notebook`, in a process of its own) in
+    :func:`next_to_start`'s order, up to ``jobs`` at a time (default: ``$COURSE_JOBS``, else one
+    per CPU core); a notebook sharing the machine gets ``cores // jobs`` threads.
+
+    Each process's output goes to ``<executed_dir>/logs/<name>.log``. Returns the failures:
+    ``{notebook: the end of its log}``; a notebook whose needs failed is not run, and fails too.
+    """
+    cores = os.cpu_count() or 1
+    jobs = max(1, jobs or int(os.environ.get("COURSE_JOBS") or cores))
+    logs = executed_dir(quick) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running = list(notebooks), {}
+    finished: set[str] = set()
+    failures: dict[Path, str] = {}
+    while pending or running:
+        for notebook in [nb for nb in pending if _failed_need(nb, failures)]:
+            pending.remove(notebook)
+            failures[notebook] = f"not run: {_failed_need(notebook, failures)} failed"
+        while notebook := next_to_start(pending, list(running), finished, quick, jobs):
+            pending.remove(notebook)
+            alone = not quick and notebook.stem in TIMES_ITSELF
+            paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+            if not alone and jobs > 1:  # a share of the cores (PyTorch reads these at import)
+                threads = str(max(1, cores // jobs))
+                env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+            cmd = [
+                sys.executable,
+                "-m",
+                "course_utils.build.pipeline",
+                "execute",
+                str(notebook),
+                "--device",
+                device,
+            ]
+            cmd += ["--jobs", "1", "--build-dir", str(BUILD)] + ["--quick"] * quick
+            cmd += ["--runner", runner] if runner else []
+            log = (logs / f"{notebook.stem}.log").open("w")
+            running[notebook] = (subprocess.Popen(cmd, stdout=log, stderr=log, env=env), log)
+            print(f"started {notebook.name}" + (" (alone)" if alone else ""), flush=True)
+        if not pending and not running:
+            break
+        time.sleep(0.2)
+        for notebook, (process, log) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[notebook]
+            if process.returncode == 0:
+                finished.add(notebook.stem)
+            else:
+                tail = (logs / f"{notebook.stem}.log").read_text(errors="replace")[-3000:]
+                failures[notebook] = tail
+                print(f"FAILED {notebook.name} (log: {logs / notebook.stem}.log)", flush=True)
+    return failures
+
+
+def _failed_need(notebook: Path, failures: dict[Path, str]) -> str | None:
+    """The name of a failed notebook that ``notebook`` needs, if any."""
+    needs = NEEDS.get(notebook.stem, ())
+    failed = [nb.stem for nb in failures if "*" in needs or nb.stem in needs]
+    return failed[0] if failed else None
 
 
 # The kernel inherits this process's environment. What it must not inherit, whoever calls:
@@ -206,9 +334,9 @@ def build_book(quick: bool) -> Path:
 
 def ensure_book(quick: bool) -> Path:
     """Execute whatever has no fresh executed copy, then build the book; returns its index."""
-    for notebook in chapter_notebooks() + page_notebooks():
-        if not is_fresh(notebook, quick):
-            execute_notebook(notebook, quick, device="cpu")
+    stale = [nb for nb in chapter_notebooks() + page_notebooks() if not is_fresh(nb, quick)]
+    if failures := execute_all(stale, quick, device="cpu"):
+        raise RuntimeError(f"notebooks failed: {', '.join(nb.name for nb in failures)}")
     return build_book(quick)
 
 
@@ -242,11 +370,17 @@ def execution_errors(executed: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global BUILD
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["execute", "book"])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="these notebooks only (paths)")
     parser.add_argument("--quick", action="store_true", help="CPU-friendly quick mode (CI)")
     parser.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
     parser.add_argument("--only", default=None, help="run only chapters whose name starts so")
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="notebooks at a time (default: one per core)"
+    )
+    parser.add_argument("--build-dir", type=Path, default=BUILD, help="default: _build")
     parser.add_argument(
         "--reuse", action="store_true", help="book: reuse executed copies newer than their source"
     )
@@ -257,20 +391,25 @@ def main(argv: list[str] | None = None) -> None:
         help="notebook runner (default: $COURSE_NOTEBOOK_RUNNER, else papermill if installed, "
         "else nbclient, else inprocess)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     quick = args.quick or os.environ.get("QUICK", "") not in ("", "0")
-
-    timings = {}
-    for notebook in chapter_notebooks() + page_notebooks():
-        if args.only and not notebook.name.startswith(args.only):
-            continue
-        if args.command == "book" and args.reuse and is_fresh(notebook, quick):
-            continue
-        start = time.perf_counter()
-        execute_notebook(notebook, quick, args.device, progress=True, runner=args.runner)
-        timings[notebook.name] = time.perf_counter() - start
-    if timings:
-        print("execution times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    BUILD = args.build_dir
+    notebooks = [
+        nb
+        for nb in args.notebooks or chapter_notebooks() + page_notebooks()
+        if not (args.only and not nb.name.startswith(args.only))
+        and not (args.command == "book" and args.reuse and is_fresh(nb, quick))
+    ]
+    start = time.perf_counter()
+    if args.jobs == 1:  # one after the other, in this process's lane
+        for notebook in notebooks:
+            execute_notebook(notebook, quick, args.device, progress=True, runner=args.runner)
+    elif failures := execute_all(notebooks, quick, args.device, args.jobs, args.runner):
+        for notebook, tail in failures.items():
+            print(f"\n--- {notebook.name} failed; the end of its log:\n{tail}", file=sys.stderr)
+        raise SystemExit(f"{len(failures)} notebook(s) failed: see above")
+    if notebooks:
+        print(f"executed {len(notebooks)} notebook(s) in {time.perf_counter() - start:.0f} s")
     if args.command == "book":
         build_book(quick)
 

@@ -6,6 +6,7 @@ headlines and falls back to raw keys for old records without them.
 
 from __future__ import annotations
 
+import fcntl
 import json
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,15 @@ def read_metrics(quick: bool) -> dict[str, dict[str, Any]]:
 
 
 def record_execution_time(notebook: str, seconds: float, quick: bool) -> Path:
-    """Add one notebook's execution time to ``<metrics_dir>/execution_times.json``."""
+    """Add one notebook's execution time to ``<metrics_dir>/execution_times.json`` (under a
+    lock: notebooks running in parallel lanes finish at the same time)."""
     path = metrics_dir(quick) / "execution_times.json"
-    times = json.loads(path.read_text()) if path.exists() else {}
-    times[notebook] = round(seconds, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
+    with open(path.with_name(".execution_times.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        times = json.loads(path.read_text()) if path.exists() else {}
+        times[notebook] = round(seconds, 1)
+        path.write_text(json.dumps(times, indent=2, sort_keys=True) + "\n")
     return path
 
 

@@ -1,0 +1,97 @@
+"""The pipeline's parallel lanes: which notebook starts when (``next_to_start``), and what
+``execute_all`` does with a failure (its dependents are not run; the others are)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from course_utils.build import pipeline
+from course_utils.build.pipeline import NEEDS, TIMES_ITSELF, next_to_start
+
+
+def nb(name: str) -> Path:
+    folder = "book" if name in ("results", "cheatsheet", "training_fast") else "notebooks"
+    return Path(folder) / f"{name}.ipynb"
+
+
+ALL = [nb(n) for n in ("01_baseline_cnn", "03_activations", "05_visualising", "results")]
+
+
+def test_a_notebook_waits_for_what_it_reads() -> None:
+    """Chapter 5 reads chapter 1's checkpoint; the results page reads every chapter's metrics."""
+    assert "01_baseline_cnn" in NEEDS["05_visualising"] and NEEDS["results"] == ("*",)
+    pending = [nb("05_visualising"), nb("results")]
+    running = [nb("01_baseline_cnn"), nb("03_activations")]
+    assert next_to_start(pending, running, set(), quick=True, jobs=4) is None
+    running = [nb("03_activations")]
+    finished = {"01_baseline_cnn"}
+    assert next_to_start(pending, running, finished, quick=True, jobs=4) == nb("05_visualising")
+    assert next_to_start(pending[1:], running, finished, quick=True, jobs=4) is None
+    finished |= {"03_activations", "05_visualising"}
+    assert next_to_start(pending[1:], [], finished, quick=True, jobs=4) == nb("results")
+
+
+def test_needs_outside_the_run_are_not_waited_for() -> None:
+    """`--only 05` runs chapter 5 alone: its checkpoint then comes from an earlier run."""
+    assert next_to_start([nb("05_visualising")], [], set(), quick=True, jobs=2) is not None
+
+
+def test_lanes_are_limited_by_jobs() -> None:
+    pending = [nb("03_activations"), nb("cheatsheet")]
+    assert next_to_start(pending, [nb("04_dropout")], set(), quick=True, jobs=2) == pending[0]
+    running = [nb("04_dropout"), nb("02_batchnorm")]
+    assert next_to_start(pending, running, set(), quick=True, jobs=2) is None
+
+
+def test_a_notebook_that_times_itself_runs_alone_in_full_mode_only() -> None:
+    """Full mode: chapter 1 (its speeds are findings) waits for an idle machine while the others
+    pass it, and nothing starts beside it. Quick mode: it shares."""
+    assert "01_baseline_cnn" in TIMES_ITSELF and "03_activations" not in TIMES_ITSELF
+    pending = [nb("01_baseline_cnn"), nb("cheatsheet")]
+    busy = [nb("04_dropout")]
+    assert next_to_start(pending, busy, set(), quick=False, jobs=2) == nb("cheatsheet")
+    assert next_to_start(pending[:1], busy, set(), quick=False, jobs=2) is None
+    assert next_to_start(pending, [], set(), quick=False, jobs=2) == nb("01_baseline_cnn")
+    assert next_to_start(pending[1:], pending[:1], set(), quick=False, jobs=2) is None
+    assert next_to_start(pending, busy, set(), quick=True, jobs=2) == nb("01_baseline_cnn")
+
+
+def _notebook(path: Path, code: str) -> Path:
+    params = new_code_cell("QUICK = False\nDEVICE = 'auto'")
+    params.metadata["tags"] = ["parameters"]
+    book = new_notebook(cells=[params, new_code_cell(code)])
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    book.metadata["language_info"] = {"name": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(book, path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_failure_stops_its_dependents_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chapter 1 fails: chapter 5 (which reads its checkpoint) is not run and is reported; an
+    independent notebook runs, in its own process with its share of the cores."""
+    monkeypatch.setattr(pipeline, "BUILD", tmp_path / "_build")
+    monkeypatch.setenv("COURSE_METRICS_DIR", str(tmp_path / "metrics"))
+    src = tmp_path / "src" / "notebooks"
+    first = _notebook(src / "01_baseline_cnn.ipynb", "raise ValueError('chapter 1 broke')")
+    fifth = _notebook(src / "05_visualising.ipynb", "print('should not run')")
+    other = _notebook(
+        src / "03_activations.ipynb",
+        "import os; open('threads.txt', 'w').write(os.environ.get('OMP_NUM_THREADS', 'all'))",
+    )
+    failures = pipeline.execute_all([first, fifth, other], quick=True, device="cpu", jobs=2)
+    assert set(failures) == {first, fifth}
+    assert "ValueError" in failures[first] and "chapter 1 broke" in failures[first]
+    assert failures[fifth] == "not run: 01_baseline_cnn failed"
+    assert not pipeline.executed_path(fifth, quick=True).exists()
+    assert pipeline.execution_errors(pipeline.executed_path(other, quick=True)) == []
+    cores = os.cpu_count() or 1
+    assert (src / "threads.txt").read_text() == str(max(1, cores // 2))
