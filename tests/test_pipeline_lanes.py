@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -95,3 +96,41 @@ def test_a_failure_stops_its_dependents_and_nothing_else(
     assert pipeline.execution_errors(pipeline.executed_path(other, quick=True)) == []
     cores = os.cpu_count() or 1
     assert (src / "threads.txt").read_text() == str(max(1, cores // 2))
+
+
+def _closure(name: str) -> set[str]:
+    """Everything ``name`` waits for, directly or through another notebook."""
+    found, todo = set(), list(NEEDS.get(name, ()))
+    while todo:
+        need = todo.pop()
+        if need not in found:
+            found.add(need)
+            todo.extend(NEEDS.get(need, ()))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("reads", "writer"),
+    [
+        (r"load_or_train_baseline\(|default_models\(", "01_baseline_cnn"),
+        (r"export_dir\(", "08_export"),
+    ],
+)
+def test_every_notebook_that_reads_a_file_waits_for_its_writer(reads: str, writer: str) -> None:
+    """A chapter that loads chapter 1's checkpoint (or would train it, racing chapter 1 to save
+    it) or chapter 8's export starts after that chapter: found by reading every notebook's code,
+    so a new chapter that forgets its line in NEEDS fails here."""
+    notebooks = pipeline.chapter_notebooks() + pipeline.page_notebooks()
+    readers = [
+        path.stem
+        for path in notebooks
+        if path.stem != writer
+        and any(
+            re.search(reads, cell.source)
+            for cell in nbformat.read(path, as_version=4).cells
+            if cell.cell_type == "code"
+        )
+    ]
+    assert readers, f"no notebook matches {reads!r}: the pattern is stale"
+    missing = [name for name in readers if writer not in _closure(name)]
+    assert not missing, f"{missing} read {writer}'s files: add them to pipeline.NEEDS"

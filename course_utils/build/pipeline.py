@@ -41,12 +41,12 @@ from .results import record_execution_time
 from .runners import RUNNERS, choose_runner, run_notebook
 
 __all__ = [
+    "NEEDS",
     "REPO",
+    "TIMES_ITSELF",
     "build_book",
     "chapter_notebooks",
     "ensure_book",
-    "NEEDS",
-    "TIMES_ITSELF",
     "execute_all",
     "execute_notebook",
     "executed_dir",
