@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 from unittest import mock
@@ -40,7 +40,7 @@ def first_hint(*cases: tuple[object, str]) -> str:
     return next(hint for holds, hint in cases if holds)
 
 
-def raise_first(ex: str, cases: Iterable[tuple[object, str, str]]) -> None:
+def raise_first(ex: str, *cases: tuple[object, str, str]) -> None:
     """Raise the ❌ of the first ``(wrong, problem, hint)`` whose ``wrong`` is true."""
     for wrong, problem, hint in cases:
         if wrong:

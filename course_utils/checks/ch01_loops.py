@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data import FashionMNISTTensors, TensorLoader
 from ..train import evaluate, fit, predict
-from ._common import aliases, call, failure, passed, refuse, seeded_cnn
+from ._common import aliases, call, failure, passed, raise_first, refuse, seeded_cnn
 
 __all__ = ["N_STEPS", "check_loops"]
 
@@ -20,13 +20,6 @@ N_STEPS, _LR = 5, 1e-2
 _TRAIN_BATCHES = (8, 8, 4)  # three batches: N_STEPS = 5 needs a second pass over them
 _EVAL_BATCHES = (16, 16, 4)  # an uneven last batch: the mean of per-batch accuracies is wrong
 _SUMS = "add loss.item() * len(y) and the hits per batch, then divide once by the sample count."
-
-
-def _first_failure(ex: str, *rules: tuple[bool, str, str]) -> None:
-    """Raise the ❌ of the first ``(failed, problem, hint)`` rule that failed."""
-    for failed, problem, hint in rules:
-        if failed:
-            raise failure(ex, problem, hint)
 
 
 def _tiny_model(calls: list[tuple]) -> nn.Module:
@@ -73,7 +66,7 @@ def _check_train_steps(ex: str, train_steps: Callable[..., Any]) -> str:
         got = _run(ex, train_steps, "the training loop", *args, N_STEPS)
     case = f"{N_STEPS} steps over {len(batches)} batches of {'+'.join(map(str, _TRAIN_BATCHES))}"
     sizes, wanted = [c[2] for c in calls], [len(xs[s % len(xs)]) for s in range(N_STEPS)]
-    _first_failure(
+    raise_first(
         ex,
         (not all(c[0] for c in calls), "train_steps ran the model in eval mode (it was handed "
          "over in eval mode)", "call model.train() at the start: dropout and BatchNorm behave "
@@ -87,7 +80,7 @@ def _check_train_steps(ex: str, train_steps: Callable[..., Any]) -> str:
     expected = _fit_losses(batches)
     slip = np.allclose(got, _fit_losses(batches, zero_grad=False), rtol=0, atol=1e-5)
     shown = [", ".join(f"{v:.4f}" for v in vs) for vs in (got, expected)]
-    _first_failure(
+    raise_first(
         ex,
         (not np.allclose(got, expected, rtol=0, atol=1e-5), f"losses [{shown[0]}] differ from "
          f"the reference run's [{shown[1]}] ({case})", "call optimizer.zero_grad() before each "
@@ -116,7 +109,7 @@ def _check_evaluate(ex: str, evaluate_model: Callable[..., Any]) -> None:
         got = _run(ex, evaluate_model, "the evaluation loop", *args)
         before, after = ("train" if m else "eval" for m in (mode, model.training))
         seen = sum(c[2] for c in calls)
-        _first_failure(
+        raise_first(
             ex,
             (any(c[0] for c in calls), "evaluate_model ran the model in training mode (handed "
              f"over in {before} mode)", "call model.eval() before the loop."),

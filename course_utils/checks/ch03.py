@@ -74,7 +74,7 @@ def check_count_dead(fn: Callable[[torch.Tensor], int]) -> None:
         hint = "handle 4-d [N, C, H, W] and 2-d [N, F] inputs: dim 1 first, flatten the rest."
         got = _scalar(call(ex, f"count_dead on {case}", fn, acts.clone(), hint=hint))
         not_int = f"returned {type(got).__name__} {got!r}, not an int"
-        raise_first(ex, [(not _is_int(got), not_int, "return a Python int (int(...)).")])
+        raise_first(ex, (not _is_int(got), not_int, "return a Python int (int(...))."))
         if got == expected:
             continue
         zero_somewhere = (acts.flatten(2).amax(-1) if acts.dim() == 4 else acts) == 0
@@ -106,7 +106,7 @@ def check_epochs_to_reach(fn: Callable[[Sequence[float], float], int | None]) ->
         got = _scalar(call(ex, f"epochs_to_reach({case})", fn, list(accs), target, hint=hint))
         not_int = f"{case}: returned {type(got).__name__} {got!r}, not an int or None"
         hint = "return the epoch as an int, counted from 1, or None if never reached."
-        raise_first(ex, [(got is not None and not _is_int(got), not_int, hint)])
+        raise_first(ex, (got is not None and not _is_int(got), not_int, hint))
         if got == expected and (got is None) == (expected is None):
             continue
         strict = next((i for i, a in enumerate(accs, start=1) if a > target), None)
@@ -226,14 +226,14 @@ def check_silent_per_layer(
                 left = hooks.hook_count(model)
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])]
         mode = "training" if training else "eval"
-        raise_first(ex, [
+        raise_first(ex,
             (left, f"{left} hook(s) are still registered after silent_per_layer returned",
              "keep the handles of register_forward_hook; call handle.remove() on each."),
             (changed, f"the call changed {changed}", "run the model in eval mode (model.eval()) "
              "under torch.no_grad(): in training mode BatchNorm updates its statistics."),
             ({m.training for m in model.modules()} != {training}, f"the model was in {mode} "
              "mode before the call and is not any more", "restore it: model.train(was_training)."),
-        ])  # fmt: skip
+        )  # fmt: skip
         got = _as_counts(ex, got)
         if set(got) != set(expected):
             layers = f"with {case}: layers {sorted(map(repr, got))}, expected {sorted(expected)}"
@@ -261,7 +261,7 @@ def check_silent_per_layer(
             pass
     problem = "hooks left or the mode changed when the forward pass raises (10×10 images)"
     hint = "remove the hooks and restore the mode in a `finally:` block."
-    raise_first(ex, [(hooks.hook_count(model) or not model.training, problem, hint)])
+    raise_first(ex, (hooks.hook_count(model) or not model.training, problem, hint))
     passed(
         ex,
         "silent units per layer: " + "; ".join(summary) + "; mode restored, no hook left, "
@@ -329,14 +329,14 @@ def check_silent_experiment(
     verdict must follow the noise rule."""
     ex, (train, val) = "3.4", _task_data()
     wrong_lr = isinstance(lr, bool) or not isinstance(lr, int | float)
-    raise_first(ex, [
+    raise_first(ex,
         (wrong_lr or not math.isclose(lr, TASK_LR), f"lr={lr!r}, but the task's is {TASK_LR:g}",
          "set LARGE_LR = 10 * LR (LR = 1e-3), train every run with it and pass it as lr."),
         (not same_data(train_data, train), "train_data is not the task's train_small",
          "train every run on train_small and pass it as train_data."),
         (hasattr(probe, "images") and not same_data(probe, val), "probe is not val_loader: "
          "its images are not val_small", "count on val_loader and pass it as probe."),
-    ])  # fmt: skip
+    )  # fmt: skip
     on, details, tolerance = torch.device(device), {}, 0.02
 
     def recompute(arm: str, seed: int) -> float:

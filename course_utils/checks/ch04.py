@@ -48,7 +48,7 @@ def _build(ex: str, cls: Callable[..., nn.Module], p: float) -> nn.Module:
     module = call(ex, f"{name}({p})", cls, p, hint="the constructor takes p; a valid p must work.")
     if not isinstance(module, nn.Module) or getattr(module, "training", None) is not True:
         raise failure(ex, f"{name}({p}) is not a new nn.Module", "call super().__init__() first.")
-    raise_first(ex, [(list(module.parameters()), f"{name}({p}) has parameters", "store p only.")])
+    raise_first(ex, (list(module.parameters()), f"{name}({p}) has parameters", "store p only."))
     return module
 
 
@@ -60,13 +60,13 @@ def _forward(ex: str, module: nn.Module, x: torch.Tensor, what: str, seed: int) 
         out = call(ex, f"the forward pass ({what})", module, x, hint="read the error above.")
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
     dtype = getattr(out, "dtype", None)
-    raise_first(ex, [
+    raise_first(ex,
         (not torch.equal(x.detach(), original), f"{what}: the input x was modified",
          "build a new tensor (x * mask / (1 - p)); do not write into x."),
         (shape != x.shape, f"{what}: output {shape}, expected {tuple(x.shape)}", "keep x's shape."),
         (dtype != x.dtype, f"{what}: output dtype {dtype}, expected x's {x.dtype}",
          "keep x's dtype: multiply x by the mask and by the scale 1 / (1 - p)."),
-    ])  # fmt: skip
+    )  # fmt: skip
     return out
 
 
@@ -101,11 +101,11 @@ def _fresh_masks(ex: str, module: nn.Module, x: torch.Tensor) -> None:
     """At p=0.5: kept values are x / (1 - p), and two calls draw two masks."""
     a, b = (_forward(ex, module, x, f"p=0.5, call {i}", 2 + i) for i in (1, 2))
     kept = a != 0
-    raise_first(ex, [
+    raise_first(ex,
         (not torch.allclose(a[kept], x[kept] / 0.5), "kept values are not x / (1 - p)",
          "multiply x by the mask and by 1 / (1 - p)."),
         (torch.equal(a, b), "two calls gave the same mask", "draw a fresh mask every call."),
-    ])  # fmt: skip
+    )  # fmt: skip
 
 
 def _value_error(ex: str, make: Callable[[], Any], what: str, hint: str) -> None:
@@ -125,7 +125,7 @@ def _edges(ex: str, cls: Callable[..., nn.Module], x: torch.Tensor) -> None:
     """p=1 gives zeros; p outside [0, 1] raises ValueError."""
     out = _forward(ex, _build(ex, cls, 1.0).train(), x, "p=1 in training", 0)
     problem, hint = "p=1 did not give zeros", "with p=1 every element is dropped: return zeros."
-    raise_first(ex, [(not torch.equal(out, torch.zeros_like(x)), problem, hint)])
+    raise_first(ex, (not torch.equal(out, torch.zeros_like(x)), problem, hint))
     for bad in (-0.1, 1.5):
         _value_error(ex, lambda p=bad: cls(p), f"p={bad}", "raise ValueError unless 0 <= p <= 1.")
 
@@ -149,15 +149,13 @@ def check_dropout_module(cls: Callable[[float], nn.Module]) -> None:
             shared = "row got the same mask" if rows else "row was kept or dropped whole"
             problem = f"p={p}: on a [400, 500] tensor of ones every {shared}"
             hint = "draw one decision per element, a mask of x's shape: torch.rand_like(x) >= p."
-            raise_first(ex, [(rows or columns, problem, hint)])
+            raise_first(ex, (rows or columns, problem, hint))
         module, leaf = _build(ex, cls, 0.5).train(), x.clone().requires_grad_(True)
         out = _forward(ex, module, leaf, "p=0.5 with requires_grad", 2)
         hint = "compute x * mask / (1 - p) with tensor operations, without .detach() or .data."
         call(ex, "out.sum().backward()", out.sum().backward, hint=hint)
         grad_ok = leaf.grad is not None and torch.allclose(leaf.grad, (out.detach() != 0) / 0.5)
-        raise_first(
-            ex, [(not grad_ok, "the gradient with respect to x is not mask / (1 - p)", hint)]
-        )
+        raise_first(ex, (not grad_ok, "the gradient with respect to x is not mask / (1 - p)", hint))
         _fresh_masks(ex, module, x)
         _edges(ex, cls, x)
     passed(
@@ -185,24 +183,24 @@ def check_mc_dropout(fn: Callable[[nn.Module], Any]) -> None:
     off = [n for n in drops if not modules[n].training]
     on = [n for n in norms if modules[n].training]
     others = [n or "the model" for n, m in modules.items() if m.training and n not in drops + norms]
-    raise_first(ex, [
+    raise_first(ex,
         (off, f"dropout layers {off} are in eval mode", "after model.eval(), call .train() on "
          "every nn.Dropout or nn.Dropout2d (both subclass nn.modules.dropout._DropoutNd)."),
         (on, f"BatchNorm layers {on} are in training mode", "start from model.eval(): in "
          "training mode BatchNorm overwrites its running statistics."),
         (others, f"{len(others)} other module(s) are in training mode: {others[:4]}", "put the "
          "whole model in eval mode first, then switch only the dropout layers back on."),
-    ])  # fmt: skip
+    )  # fmt: skip
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
         a, b = model(x), model(x)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
-    raise_first(ex, [
+    raise_first(ex,
         (changed, f"a forward pass changed {changed}", "BatchNorm must be in eval mode."),
         (torch.equal(a, b), "two passes gave the same outputs", "dropout must be active."),
-    ])  # fmt: skip
+    )  # fmt: skip
     passed(
         ex,
         f"{len(norms)} BatchNorm layers in eval mode (running statistics untouched), "
@@ -223,12 +221,12 @@ def check_channel_dropout(cls: Callable[[float], nn.Module]) -> None:
         flat = _forward(ex, _build(ex, cls, p).train(), torch.ones_like(x), f"p={p}", 1).flatten(2)
         kept = flat[..., 0]  # [N, C]: one value per channel when whole channels are dropped
         shared = bool((kept == kept[:1]).all()) or bool((kept == kept[:, :1]).all())
-        raise_first(ex, [
+        raise_first(ex,
             (not bool((flat == flat[..., :1]).all()), "some channels are only partly zeroed",
              "draw one decision per (image, channel): a mask of shape [N, C, 1, 1]."),
             (shared, "every image got the same mask, or every channel of an image the same draw",
              "one draw per image *and* channel: torch.rand(N, C, 1, 1) >= p."),
-        ])  # fmt: skip
+        )  # fmt: skip
         _rate_and_scale(ex, "channels", kept, p, "drop each channel with probability p.")
         _fresh_masks(ex, _build(ex, cls, 0.5).train(), x)
         _edges(ex, cls, x)
@@ -306,7 +304,7 @@ def check_weight_decay_experiment(
     def off(v: Any, task: float) -> bool:
         return not isinstance(v, int | float) or isinstance(v, bool) or not math.isclose(v, task)
 
-    raise_first(ex, [
+    raise_first(ex,
         (off(weight_decay, TASK_WEIGHT_DECAY), f"weight_decay={weight_decay!r}, but the task's "
          f"is {TASK_WEIGHT_DECAY:g}", "keep the setup cell's WEIGHT_DECAY = 1e-2 and pass it."),
         (off(epochs, TASK_EPOCHS), f"epochs={epochs!r}, but the task's is {TASK_EPOCHS:g}",
@@ -315,7 +313,7 @@ def check_weight_decay_experiment(
          "measure every gap on gap_train and pass it as train_data."),
         (not same_data(val_data, val), "val_data is not the task's val_small",
          "measure every gap on val_small and pass it as val_data."),
-    ])  # fmt: skip
+    )  # fmt: skip
     on, details, decay = torch.device(device), {}, {"plain": 0.0, "weight_decay": TASK_WEIGHT_DECAY}
 
     def recompute(arm: str, seed: int) -> float:

@@ -13,7 +13,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook as on_every_s
 from .. import transfer
 from ..hooks import capture_activations
 from ..transfer import changed_parameters, parameter_counts, snapshot
-from ._common import aliases, failure, passed, refuse, small_model
+from ._common import aliases, failure, passed, raise_first, refuse, small_model
 
 __all__ = ["check_fine_tune", "check_freeze_bn_block", "check_freeze_conv1"]
 
@@ -25,12 +25,6 @@ _EVAL = (
     "Keep bn1 in eval mode after model.train() (a forward pre-hook on bn1 setting "
     "m.training = False and returning None), or swap in torchvision's FrozenBatchNorm2d."
 )
-
-
-def _fail_if(ex: str, bad: object, problem: str, hint: str) -> None:
-    """Raise the ❌ of ``problem`` when ``bad`` is truthy (a non-empty list of culprits)."""
-    if bad:
-        raise failure(ex, problem, hint)
 
 
 def _batch(seed: int, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,11 +57,11 @@ def _check_frozen(ex: str, model: nn.Module, block: tuple[str, ...], label: str)
     hint = f"call model.{culprit}.requires_grad_(False), the method with the underscore."
     if attr:
         hint = f"model.{culprit}.requires_grad = False sets a plain attribute on the module: {hint}"
-    _fail_if(ex, still, f"{still} still require grad", hint)
+    raise_first(ex, (still, f"{still} still require grad", hint))
     beyond = [k for k, on in inside.items() if not k.startswith(prefixes) and not on]
     every = " (every parameter of the model is frozen)" if not any(inside.values()) else ""
     hint = f"freeze {' and '.join(block)} only and leave every other layer trainable."
-    _fail_if(ex, beyond, f"you froze more than {label}: {beyond}{every}", hint)
+    raise_first(ex, (beyond, f"you froze more than {label}: {beyond}{every}", hint))
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -92,9 +86,9 @@ def check_freeze_conv1(fn: Callable[[nn.Module], torch.optim.Optimizer]) -> None
     params = dict(model.named_parameters())
     frozen = [k for k, p in params.items() if not p.requires_grad and id(p) in held]
     hint = "give it only the trainable ones: weight decay or momentum move a frozen parameter."
-    _fail_if(ex, frozen, f"the optimiser holds frozen parameters {frozen}", hint)
+    raise_first(ex, (frozen, f"the optimiser holds frozen parameters {frozen}", hint))
     missing = [k for k, p in params.items() if p.requires_grad and id(p) not in held]
-    _fail_if(ex, missing, f"the optimiser misses {missing}", "pass every trainable parameter.")
+    raise_first(ex, (missing, f"the optimiser misses {missing}", "pass every trainable parameter."))
     try:
         _step(model, optimizer)
     except Exception as err:
@@ -103,9 +97,9 @@ def check_freeze_conv1(fn: Callable[[nn.Module], torch.optim.Optimizer]) -> None
         raise failure(ex, problem, hint) from err
     changed = changed_parameters(model, before)
     moved = [k for k in changed if k.startswith("conv1.")]
-    _fail_if(ex, moved, f"{moved} changed during a step", "conv1 must be frozen.")
+    raise_first(ex, (moved, f"{moved} changed during a step", "conv1 must be frozen."))
     stuck = [k for k in params if not k.startswith("conv1.") and k not in changed]
-    _fail_if(ex, stuck, f"{stuck} did not change during a step", "use Adam(..., lr=1e-3).")
+    raise_first(ex, (stuck, f"{stuck} did not change during a step", "use Adam(..., lr=1e-3)."))
     passed(
         ex,
         f"conv1 frozen and bit-identical after a step, the other "
@@ -126,12 +120,14 @@ def check_freeze_bn_block(fn: Callable[[nn.Module], None]) -> None:
     _run(ex, "fn(model)", fn, model, task="freeze conv1 and bn1 only, bn1 kept in eval mode.")
     bn1, gone = type(model.bn1).__name__, set(block) - set(model.state_dict())
     hint = "keep bn1 and freeze it, instead of replacing it with nn.Identity."
-    _fail_if(ex, gone, f"bn1 is now {bn1}, without statistics", hint)
+    raise_first(ex, (gone, f"bn1 is now {bn1}, without statistics", hint))
     rewritten = [k for k in changed_parameters(model, before) if k in block]
     hint = "freezing leaves block 1's values as they are"
     if bn1 != "BatchNorm2d":
         hint = f"{bn1} starts from default values: frozen.load_state_dict(model.bn1.state_dict())"
-    _fail_if(ex, rewritten, f"fn(model) itself changed block 1's values: {rewritten}", hint + ".")
+    raise_first(
+        ex, (rewritten, f"fn(model) itself changed block 1's values: {rewritten}", hint + ".")
+    )
     _check_frozen(ex, model, ("conv1", "bn1"), "block 1")
     try:
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -145,10 +141,10 @@ def check_freeze_bn_block(fn: Callable[[nn.Module], None]) -> None:
     changed = changed_parameters(model, before)
     drift = [k for k in block if k in changed]
     hint = f"frozen weights are not enough: BatchNorm updates its running statistics. {_EVAL}"
-    _fail_if(ex, drift, f"block 1 changed during training: {drift}", hint)
+    raise_first(ex, (drift, f"block 1 changed during training: {drift}", hint))
     stuck = " and ".join(b for b in ("bn2", "bn_fc") if f"{b}.running_mean" not in changed)
     hint = f"only bn1 stays in eval mode; eval() on the whole model also freezes {stuck}."
-    _fail_if(ex, stuck, f"{stuck} did not update running statistics in train mode", hint)
+    raise_first(ex, (stuck, f"{stuck} did not update running statistics in train mode", hint))
     _check_stored_statistics(ex, model, before, block, eps)
     passed(ex, "conv1 and bn1 (weights and running statistics) unchanged through train-mode steps")
 
@@ -162,7 +158,9 @@ def _check_stored_statistics(ex: str, model: nn.Module, before: dict, block, eps
         capture_activations(model, ["bn1"]) as out,
     ):
         model(_batch(5, 8)[0] + 1.0)
-    _fail_if(ex, not h["bn1"], "bn1 did not run in the forward pass", "freeze bn1 where it is.")
+    raise_first(
+        ex, (not h["bn1"], "bn1 did not run in the forward pass", "freeze bn1 where it is.")
+    )
     h, out, bn1 = h["bn1"][0], out["bn1"][0], model.bn1
     w, b, mean, var = (before[k] for k in block[-4:])  # bn1's weight, bias and statistics
     if torch.allclose(out, F.batch_norm(h, mean, var, w, b, False, 0, eps), atol=1e-4, rtol=1e-4):
@@ -174,9 +172,11 @@ def _check_stored_statistics(ex: str, model: nn.Module, before: dict, block, eps
         cause = "momentum = 0 only stops the statistics from moving; they must also be used. "
     per_batch = torch.allclose(out, F.batch_norm(h, None, None, w, b, True, 0, eps), atol=1e-4)
     problem = "in train mode, bn1 normalises a batch with its own mean and variance"
-    _fail_if(ex, per_batch, problem, cause + _EVAL)
+    raise_first(ex, (per_batch, problem, cause + _EVAL))
     hint = "keep bn1's eps (FrozenBatchNorm2d(n, eps=model.bn1.eps))."
-    _fail_if(ex, getattr(bn1, "eps", eps) != eps, f"bn1's eps is not the pretrained {eps:g}", hint)
+    raise_first(
+        ex, (getattr(bn1, "eps", eps) != eps, f"bn1's eps is not the pretrained {eps:g}", hint)
+    )
     problem = "in train mode, bn1 does not normalise with its stored statistics"
     raise failure(ex, problem, "freeze bn1 as it is: statistics, weight, bias and eps.")
 
@@ -220,12 +220,14 @@ def check_fine_tune(fn: Callable[..., torch.optim.Optimizer]) -> None:
             raise failure(ex, f"returned {type(optimizer).__name__}", "return the optimiser.")
         n = len(batches.starts)
         problem = f"{case} {n} passes over the batches, expected {epochs} (one pass per epoch)"
-        _fail_if(ex, n != epochs, problem, "for epoch in range(epochs): for x, y in batches: ...")
+        raise_first(
+            ex, (n != epochs, problem, "for epoch in range(epochs): for x, y in batches: ...")
+        )
         _check_phases(ex, case, batches.starts, batches.steps, body, k, head_lr, body_lr)
         final = dict(model.named_parameters())
         stuck = sorted(n for n in body if torch.equal(batches.starts[k][n][0], final[n]))
         hint = "requires_grad_(True) is not enough: optimizer.add_param_group the body."
-        _fail_if(ex, stuck, f"{case} after unfreezing, {stuck} did not move", hint)
+        raise_first(ex, (stuck, f"{case} after unfreezing, {stuck} did not move", hint))
     passed(
         ex,
         "for 2 schedules: body frozen bit-identical and outside the optimiser for exactly "
@@ -246,25 +248,27 @@ def _check_phases(ex, case, starts, steps, body, k, head_lr, body_lr) -> None:
         hint = f"the body alone is frozen (requires_grad_(False)) for the first {k} epoch(s): "
         hint += "unfreeze when epoch == unfreeze_after."
         problem = f"{case} epoch {epoch} started with the wrong requires_grad on {wrong}"
-        _fail_if(ex, wrong, problem, hint)
+        raise_first(ex, (wrong, problem, hint))
     moved = sorted(n for n in body if not torch.equal(starts[k][n][0], starts[0][n][0]))
     hint = "freeze the body before the first step and keep it out of the optimiser."
-    _fail_if(ex, moved, f"{case} {moved} changed during the frozen phase", hint)
+    raise_first(ex, (moved, f"{case} {moved} changed during the frozen phase", hint))
     still = all(torch.equal(starts[1][n][0], starts[0][n][0]) for n in head)
-    _fail_if(ex, still, f"{case} the head did not train in epoch 0", "train the head.")
+    raise_first(ex, (still, f"{case} the head did not train in epoch 0", "train the head."))
     for epoch, groups in steps:
         where, held = f"{case} at a step in epoch {epoch}", set().union(*(n for n, _ in groups))
         hint = "build it over the head only; add_param_group the body when you unfreeze it."
         frozen = sorted(held & body) if epoch < k else []
-        _fail_if(ex, frozen, f"{where}, the optimiser held frozen parameters {frozen}", hint)
+        raise_first(ex, (frozen, f"{where}, the optimiser held frozen parameters {frozen}", hint))
         missing = sorted((head | (body if epoch >= k else set())) - held)
         hint = "optimizer.add_param_group({'params': body, 'lr': body_lr}) when unfreezing."
-        _fail_if(ex, missing, f"{where}, the optimiser misses {missing}", hint)
+        raise_first(ex, (missing, f"{where}, the optimiser misses {missing}", hint))
         for names, lr in groups:
             mixed = names & head and names & body
-            _fail_if(ex, mixed, f"{where}, a group held head and body", "the body's own group.")
+            raise_first(
+                ex, (mixed, f"{where}, a group held head and body", "the body's own group.")
+            )
             part, want = ("head", head_lr) if names & head else ("body", body_lr)
             hint = next((f"that is {s}. " for v, s in slips.items() if math.isclose(lr, v)), "")
             problem = f"{where}, the {part}'s group has lr {lr:g}, expected {want:g}"
             hint += "The head trains at head_lr, the body at body_lr."
-            _fail_if(ex, names and not math.isclose(lr, want), problem, hint)
+            raise_first(ex, (names and not math.isclose(lr, want), problem, hint))

@@ -17,18 +17,12 @@ from torchvision.transforms import functional
 
 from .. import data, pngfolder
 from ..data import MEAN, STD, standard_transform
-from ._common import aliases, call, failure, passed, refuse
+from ._common import aliases, call, passed, raise_first, refuse
 
 __all__ = ["check_png_dataset", "check_seeded_loader", "check_to_tensor"]
 
 N_CLASSES = 11  # > 10: unpadded "10_…" sorts as text between "1_…" and "2_…"
 BAD_FILES = ("truncated.png", "zz_not_an_image.png")  # in class 3 of the unpadded folders
-
-
-def _fail_if(ex: str, bad: object, problem: str, hint: str) -> None:
-    """Raise the ❌ of ``problem`` when ``bad`` is truthy (a non-empty list of culprits)."""
-    if bad:
-        raise failure(ex, problem, hint)
 
 
 def _mismatch(got: Any, want: torch.Tensor, atol: float) -> str:
@@ -86,7 +80,7 @@ def check_to_tensor(fn: Callable[[Image.Image], torch.Tensor]) -> None:
             out = call(ex, f"fn on {case}", fn, image, hint="see the task text.")
         raw = torch.from_numpy(pixels.astype(np.float32))[None]
         differs = _mismatch(out, ref, atol=1e-5)
-        _fail_if(ex, differs, f"on {case}: {differs}", _transform_hint(out, ref, raw))
+        raise_first(ex, (differs, f"on {case}: {differs}", _transform_hint(out, ref, raw)))
     passed(ex, "matches ToTensor + Normalize on 3 images (random, black, white 20×24)")
 
 
@@ -110,22 +104,26 @@ def check_seeded_loader(fn: Callable[..., Any]) -> None:
     with torch.random.fork_rng(devices=[]):  # the check reseeds; the caller's RNG is kept
         (first, sizes), (again, _), (other, _) = run(3, 100), run(3, 200), run(4, 100)
     hint = "do not call torch.manual_seed here: give the DataLoader its own seeded Generator."
-    _fail_if(ex, any(built), "fn(dataset, batch_size, seed) changed the global RNG", hint)
+    raise_first(ex, (any(built), "fn(dataset, batch_size, seed) changed the global RNG", hint))
     expected = [size] * (n // size) + [n % size]
     hint = "pass batch_size to the DataLoader (and keep the last, smaller batch)."
-    _fail_if(ex, sizes != expected, f"batch sizes {sizes}, expected {expected}", hint)
+    raise_first(ex, (sizes != expected, f"batch sizes {sizes}, expected {expected}", hint))
     hint = "shuffle without replacement: shuffle=True."
     for epoch, order in enumerate(first):
-        _fail_if(ex, sorted(order) != list(range(n)), f"epoch {epoch} is not a permutation", hint)
-    _fail_if(ex, first[0] == sorted(first[0]), "epoch 0 is in dataset order", "pass shuffle=True.")
+        raise_first(
+            ex, (sorted(order) != list(range(n)), f"epoch {epoch} is not a permutation", hint)
+        )
+    raise_first(
+        ex, (first[0] == sorted(first[0]), "epoch 0 is in dataset order", "pass shuffle=True.")
+    )
     problem = "two loaders built with seed=3 gave different orders once the global seed differed"
     hint = "the order must depend on seed alone: generator=torch.Generator().manual_seed(seed)."
-    _fail_if(ex, again != first, problem, hint)
+    raise_first(ex, (again != first, problem, hint))
     hint = "create the generator once per loader (not per epoch): it moves on each epoch."
-    _fail_if(ex, first[0] == first[1], "epoch 1 repeats epoch 0's order", hint)
-    _fail_if(ex, other[0] == first[0], "seed=4 gave seed=3's order", "seed the generator.")
+    raise_first(ex, (first[0] == first[1], "epoch 1 repeats epoch 0's order", hint))
+    raise_first(ex, (other[0] == first[0], "seed=4 gave seed=3's order", "seed the generator."))
     hint = "pass the generator to the DataLoader too, or it draws its workers' base seed globally."
-    _fail_if(ex, any(drew), "iterating your loader drew from the global RNG", hint)
+    raise_first(ex, (any(drew), "iterating your loader drew from the global RNG", hint))
     passed(
         ex,
         "same seed → same epochs whatever the global RNG; new order per epoch and per seed; "
@@ -156,18 +154,18 @@ def _check_items(ex: str, where: str, ds: Any, classes: list[str], expected: lis
     hint = "self.classes: the class folder names, ordered by their number."
     if got == sorted(classes) != classes:
         hint = "as text, '10_c10' sorts before '2_c2': order them by that number (int(...))."
-    _fail_if(ex, got != classes, f"{where}: classes {got}, expected {classes}", hint)
+    raise_first(ex, (got != classes, f"{where}: classes {got}, expected {classes}", hint))
     n = call(ex, f"len() {where}", len, ds, hint="return len(self.samples).")
     hint = "one sample per readable .png file of every class folder; ignore other files."
-    _fail_if(ex, n != len(expected), f"{where}: len() is {n}, expected {len(expected)}", hint)
+    raise_first(ex, (n != len(expected), f"{where}: len() is {n}, expected {len(expected)}", hint))
     for i, (label, name, pixels) in enumerate(expected):
         x, y = call(ex, f"dataset[{i}] {where}", ds.__getitem__, i, hint="see the task text.")
         problem = f"{where}: item {i} has label {y}, expected {label} ({classes[label]}/{name})"
         hint = "samples go class by class in label order, files sorted by name."
-        _fail_if(ex, y != label, problem, hint)
+        raise_first(ex, (y != label, problem, hint))
         differs = _mismatch(x, pixels, atol=1e-6)
         hint = "open with PIL, .convert('L'), apply self.transform (ToTensor + Normalize)."
-        _fail_if(ex, differs, f"{where}: item {i} ({classes[label]}/{name}): {differs}", hint)
+        raise_first(ex, (differs, f"{where}: item {i} ({classes[label]}/{name}): {differs}", hint))
 
 
 def check_png_dataset(dataset_cls: Callable[..., Any]) -> None:
@@ -197,26 +195,26 @@ def check_png_dataset(dataset_cls: Callable[..., Any]) -> None:
             ds, where = build(plain, "skip"), "on unpadded folders 0_c0 … 10_c10 with 2 bad files"
             kept = sorted({Path(p).name for p, _ in getattr(ds, "samples", [])} & set(BAD_FILES))
             hint = "decode every file in __init__ (img.load(): Image.open only reads the header)."
-            _fail_if(ex, kept, f"{where}: on_error='skip' kept the bad file(s) {kept}", hint)
+            raise_first(ex, (kept, f"{where}: on_error='skip' kept the bad file(s) {kept}", hint))
             skipped = sorted(Path(str(p)).name for p in getattr(ds, "skipped", []))
             problem = f"{where}: self.skipped lists {skipped}, expected {list(BAD_FILES)}"
             hint = "append the path of every file you leave out to self.skipped."
-            _fail_if(ex, not set(BAD_FILES) <= set(skipped), problem, hint)
+            raise_first(ex, (not set(BAD_FILES) <= set(skipped), problem, hint))
             _check_items(ex, where, ds, [f"{c}_c{c}" for c in range(N_CLASSES)], expected)
             err = _raised(dataset_cls, plain, on_error="raise")
             where = "with on_error='raise' on a folder with a truncated PNG"
             hint = "with on_error='raise', raise BadImageError in __init__ at the first bad file."
-            _fail_if(ex, err is None, f"{where}: the dataset was built without an error", hint)
+            raise_first(ex, (err is None, f"{where}: the dataset was built without an error", hint))
             named = any(f"3_c3/{f}" in str(err).replace("\\", "/") for f in BAD_FILES)
             problem = f"{where}: {str(err)[:160]!r} does not name the bad file"
             hint = "raise BadImageError(f'{path}: {err}') from the PIL error, with the full path."
-            _fail_if(ex, not named, problem, hint)
+            raise_first(ex, (not named, problem, hint))
             err = _raised(dataset_cls, padded, on_error="ignore")
             hint = "raise ValueError(f\"on_error must be 'skip' or 'raise', got {on_error!r}\")."
             problem = f"on_error='ignore' (a typo) raised {type(err).__name__}: {err}"
             if err is None:
                 problem = "on_error='ignore' (a typo) was accepted silently"
-            _fail_if(ex, not isinstance(err, ValueError), problem, hint)
+            raise_first(ex, (not isinstance(err, ValueError), problem, hint))
     passed(
         ex,
         f"{N_CLASSES} classes: parity with ImageFolder (padded names), labels by number "
