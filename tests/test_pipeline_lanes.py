@@ -1,5 +1,6 @@
-"""The pipeline's parallel lanes: which notebook starts when (``next_to_start``), and what
-``execute_all`` does with a failure (its dependents are not run; the others are)."""
+"""The pipeline's parallel lanes: how many (``lanes``), which notebook starts when
+(``next_to_start``), and what ``execute_all`` does with a failure (its dependents are not run; the
+others are)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from course_utils.build import pipeline
-from course_utils.build.pipeline import NEEDS, TIMES_ITSELF, next_to_start
+from course_utils.build.pipeline import NEEDS, lanes, next_to_start
 
 
 def nb(name: str) -> Path:
@@ -20,46 +21,41 @@ def nb(name: str) -> Path:
     return Path(folder) / f"{name}.ipynb"
 
 
-ALL = [nb(n) for n in ("01_baseline_cnn", "03_activations", "05_visualising", "results")]
-
-
 def test_a_notebook_waits_for_what_it_reads() -> None:
     """Chapter 5 reads chapter 1's checkpoint; the results page reads every chapter's metrics."""
     assert "01_baseline_cnn" in NEEDS["05_visualising"] and NEEDS["results"] == ("*",)
     pending = [nb("05_visualising"), nb("results")]
     running = [nb("01_baseline_cnn"), nb("03_activations")]
-    assert next_to_start(pending, running, set(), quick=True, jobs=4) is None
+    assert next_to_start(pending, running, set(), jobs=4) is None
     running = [nb("03_activations")]
     finished = {"01_baseline_cnn"}
-    assert next_to_start(pending, running, finished, quick=True, jobs=4) == nb("05_visualising")
-    assert next_to_start(pending[1:], running, finished, quick=True, jobs=4) is None
+    assert next_to_start(pending, running, finished, jobs=4) == nb("05_visualising")
+    assert next_to_start(pending[1:], running, finished, jobs=4) is None
     finished |= {"03_activations", "05_visualising"}
-    assert next_to_start(pending[1:], [], finished, quick=True, jobs=4) == nb("results")
+    assert next_to_start(pending[1:], [], finished, jobs=4) == nb("results")
 
 
 def test_needs_outside_the_run_are_not_waited_for() -> None:
     """`--only 05` runs chapter 5 alone: its checkpoint then comes from an earlier run."""
-    assert next_to_start([nb("05_visualising")], [], set(), quick=True, jobs=2) is not None
+    assert next_to_start([nb("05_visualising")], [], set(), jobs=2) is not None
 
 
 def test_lanes_are_limited_by_jobs() -> None:
     pending = [nb("03_activations"), nb("cheatsheet")]
-    assert next_to_start(pending, [nb("04_dropout")], set(), quick=True, jobs=2) == pending[0]
+    assert next_to_start(pending, [nb("04_dropout")], set(), jobs=2) == pending[0]
     running = [nb("04_dropout"), nb("02_batchnorm")]
-    assert next_to_start(pending, running, set(), quick=True, jobs=2) is None
+    assert next_to_start(pending, running, set(), jobs=2) is None
 
 
-def test_a_notebook_that_times_itself_runs_alone_in_full_mode_only() -> None:
-    """Full mode: chapter 1 (its speeds are findings) waits for an idle machine while the others
-    pass it, and nothing starts beside it. Quick mode: it shares."""
-    assert "01_baseline_cnn" in TIMES_ITSELF and "03_activations" not in TIMES_ITSELF
-    pending = [nb("01_baseline_cnn"), nb("cheatsheet")]
-    busy = [nb("04_dropout")]
-    assert next_to_start(pending, busy, set(), quick=False, jobs=2) == nb("cheatsheet")
-    assert next_to_start(pending[:1], busy, set(), quick=False, jobs=2) is None
-    assert next_to_start(pending, [], set(), quick=False, jobs=2) == nb("01_baseline_cnn")
-    assert next_to_start(pending[1:], pending[:1], set(), quick=False, jobs=2) is None
-    assert next_to_start(pending, busy, set(), quick=True, jobs=2) == nb("01_baseline_cnn")
+def test_quick_mode_runs_a_lane_per_core_and_full_mode_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full mode's timings are findings: one notebook at a time, with every core."""
+    monkeypatch.delenv("COURSE_JOBS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert (lanes(quick=True), lanes(quick=False)) == (4, 1)
+    monkeypatch.setenv("COURSE_JOBS", "2")
+    assert (lanes(quick=True), lanes(quick=False)) == (2, 2)
 
 
 def _notebook(path: Path, code: str) -> Path:

@@ -11,10 +11,11 @@ The site is assembled in ``_build/site_src/`` from those copies plus the other b
 exercises and solutions, and built with execution off and Sphinx warnings as errors into
 ``_build/html``.
 
-Notebooks run in parallel lanes, one process each (:func:`execute_all`): up to one per CPU core,
-each with a share of the cores, and each only after the notebooks it reads from (:data:`NEEDS`).
-In full mode a notebook whose timings are findings (:data:`TIMES_ITSELF`) runs alone, with every
-core; quick mode's numbers are a smoke run, so there every notebook shares.
+Each notebook runs in a process of its own (:func:`execute_all`), only after the notebooks it
+reads from (:data:`NEEDS`). Quick mode runs them in parallel lanes, one per CPU core, each with a
+share of the cores: most of a quick notebook is starting a kernel and importing, which a second
+core overlaps. Full mode runs one at a time with every core: its timings are findings, and on the
+course's 2-core machine two lanes of full-mode chapters took as long as running them in turn.
 
 Usage::
 
@@ -43,7 +44,6 @@ from .runners import RUNNERS, choose_runner, run_notebook
 __all__ = [
     "NEEDS",
     "REPO",
-    "TIMES_ITSELF",
     "build_book",
     "chapter_notebooks",
     "ensure_book",
@@ -53,6 +53,7 @@ __all__ = [
     "executed_path",
     "execution_errors",
     "is_fresh",
+    "lanes",
     "next_to_start",
     "page_notebooks",
     "stage_site",
@@ -74,19 +75,6 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "serving_hardening": ("09_serving",),
     "results": ("*",),
 }
-# Notebooks whose timings are findings (training speed, BatchNorm's cost, loader workers,
-# latencies, the load test, the speed ladder): in full mode each runs alone, with every core.
-TIMES_ITSELF = frozenset(
-    {
-        "01_baseline_cnn",
-        "02_batchnorm",
-        "07_png_dataloader",
-        "08_export",
-        "09_serving",
-        "serving_hardening",
-        "training_fast",
-    }
-)
 
 
 def chapter_notebooks() -> list[Path]:
@@ -146,24 +134,24 @@ def execute_notebook(
     return out
 
 
+def lanes(quick: bool) -> int:
+    """How many notebooks run at a time: ``$COURSE_JOBS``, else one per CPU core in quick mode
+    and one in full mode (see the module's docstring)."""
+    return max(1, int(os.environ.get("COURSE_JOBS") or ((os.cpu_count() or 1) if quick else 1)))
+
+
 def next_to_start(
-    pending: Sequence[Path],
-    running: Sequence[Path],
-    finished: set[str],
-    quick: bool,
-    jobs: int,
+    pending: Sequence[Path], running: Sequence[Path], finished: set[str], jobs: int
 ) -> Path | None:
     """The notebook to start now, or None: the first pending one whose :data:`NEEDS` have
-    ``finished``, if a lane is free. In full mode a :data:`TIMES_ITSELF` notebook starts only
-    on an idle machine and nothing starts beside it; until then the others pass it."""
+    ``finished`` (those that are part of this run), if fewer than ``jobs`` are running."""
     names = {nb.stem for nb in (*pending, *running)} | finished
-    if len(running) >= jobs or any(not quick and nb.stem in TIMES_ITSELF for nb in running):
+    if len(running) >= jobs:
         return None
     for notebook in pending:
         needs = NEEDS.get(notebook.stem, ())
         needs = names - {notebook.stem} if "*" in needs else set(needs) & names
-        alone = not quick and notebook.stem in TIMES_ITSELF
-        if needs <= finished and not (alone and running):
+        if needs <= finished:
             return notebook
     return None
 
@@ -176,14 +164,13 @@ def execute_all(
     runner: str | None = None,
 ) -> dict[Path, str]:
     """Execute ``notebooks`` (each by :func:`execute_notebook`, in a process of its own) in
-    :func:`next_to_start`'s order, up to ``jobs`` at a time (default: ``$COURSE_JOBS``, else one
-    per CPU core); a notebook sharing the machine gets ``cores // jobs`` threads.
+    :func:`next_to_start`'s order, up to ``jobs`` at a time (default: :func:`lanes`); with more
+    than one lane, each notebook gets ``cores // jobs`` threads.
 
     Each process's output goes to ``<executed_dir>/logs/<name>.log``. Returns the failures:
     ``{notebook: the end of its log}``; a notebook whose needs failed is not run, and fails too.
     """
-    cores = os.cpu_count() or 1
-    jobs = max(1, jobs or int(os.environ.get("COURSE_JOBS") or cores))
+    cores, jobs = os.cpu_count() or 1, jobs or lanes(quick)
     logs = executed_dir(quick) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     pending, running = list(notebooks), {}
@@ -193,12 +180,11 @@ def execute_all(
         for notebook in [nb for nb in pending if _failed_need(nb, failures)]:
             pending.remove(notebook)
             failures[notebook] = f"not run: {_failed_need(notebook, failures)} failed"
-        while notebook := next_to_start(pending, list(running), finished, quick, jobs):
+        while notebook := next_to_start(pending, list(running), finished, jobs):
             pending.remove(notebook)
-            alone = not quick and notebook.stem in TIMES_ITSELF
             paths = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-            if not alone and jobs > 1:  # a share of the cores (PyTorch reads these at import)
+            if jobs > 1:  # a share of the cores (PyTorch reads these at import)
                 threads = str(max(1, cores // jobs))
                 env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
             cmd = [
@@ -214,7 +200,7 @@ def execute_all(
             cmd += ["--runner", runner] if runner else []
             log = (logs / f"{notebook.stem}.log").open("w")
             running[notebook] = (subprocess.Popen(cmd, stdout=log, stderr=log, env=env), log)
-            print(f"started {notebook.name}" + (" (alone)" if alone else ""), flush=True)
+            print(f"started {notebook.name}", flush=True)
         if not pending and not running:
             break
         time.sleep(0.2)
@@ -378,7 +364,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
     parser.add_argument("--only", default=None, help="run only chapters whose name starts so")
     parser.add_argument(
-        "--jobs", type=int, default=None, help="notebooks at a time (default: one per core)"
+        "--jobs",
+        type=int,
+        default=None,
+        help="notebooks at a time (default: $COURSE_JOBS, else one per core in quick mode, 1 in "
+        "full mode); 1 runs them in this process, with progress bars",
     )
     parser.add_argument("--build-dir", type=Path, default=BUILD, help="default: _build")
     parser.add_argument(
@@ -400,11 +390,11 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.only and not nb.name.startswith(args.only))
         and not (args.command == "book" and args.reuse and is_fresh(nb, quick))
     ]
-    start = time.perf_counter()
-    if args.jobs == 1:  # one after the other, in this process's lane
+    start, jobs = time.perf_counter(), args.jobs or lanes(quick)
+    if jobs == 1:  # one after the other, in this process, with progress bars
         for notebook in notebooks:
             execute_notebook(notebook, quick, args.device, progress=True, runner=args.runner)
-    elif failures := execute_all(notebooks, quick, args.device, args.jobs, args.runner):
+    elif failures := execute_all(notebooks, quick, args.device, jobs, args.runner):
         for notebook, tail in failures.items():
             print(f"\n--- {notebook.name} failed; the end of its log:\n{tail}", file=sys.stderr)
         raise SystemExit(f"{len(failures)} notebook(s) failed: see above")
