@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from course_utils.build.results import (
     format_headline,
@@ -183,11 +184,19 @@ def test_a_full_build_says_which_machine_built_it_and_when(
     from course_utils.metrics import processor_name
 
     monkeypatch.delenv("MPLBACKEND", raising=False)
-    path = record_metrics("01_baseline_cnn", "cpu", False, test_accuracy=0.92)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # a chapter run on one thread, and one on two
+        record_metrics("02_batchnorm", "cpu", False, test_accuracy=0.86)
+        torch.set_num_threads(2)
+        path = record_metrics("01_baseline_cnn", "cpu", False, test_accuracy=0.92)
+    finally:
+        torch.set_num_threads(threads)
     record = json.loads(path.read_text())
-    assert record["processor"] == processor_name() and record["threads"] >= 1
+    assert record["processor"] == processor_name() and record["threads"] == 2
     outputs, text = run_results_page(tmp_path_factory.mktemp("page"), quick=False)
     assert not [o for o in outputs if o.output_type == "error"]
     assert "Full build" in text and "Smoke run" not in text
-    assert f"{record['processor']}, {record['threads']} threads (device cpu)" in text
+    assert f"{record['processor']}, 2 threads (device cpu)" in text
+    assert f"{record['processor']}, 1 thread (device cpu)" in text
     assert f"recorded {record['written'][:16].replace('T', ' ')} UTC" in text
