@@ -47,6 +47,15 @@ def test_lanes_are_limited_by_jobs() -> None:
     assert next_to_start(pending, running, set(), jobs=2) is None
 
 
+def test_one_lane_runs_them_in_needs_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--jobs 1` (full mode's default) also runs the results page after every other page."""
+    ran: list[str] = []
+    monkeypatch.setattr(pipeline, "execute_notebook", lambda nb, *_, **__: ran.append(nb.stem))
+    order = ["results", "training_fast", "05_visualising", "01_baseline_cnn"]
+    pipeline.main(["execute", "--jobs", "1", *(str(nb(name)) for name in order)])
+    assert ran == ["training_fast", "01_baseline_cnn", "05_visualising", "results"]
+
+
 def test_quick_mode_runs_a_lane_per_core_and_full_mode_one_at_a_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

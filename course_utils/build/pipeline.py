@@ -391,9 +391,12 @@ def main(argv: list[str] | None = None) -> None:
         and not (args.command == "book" and args.reuse and is_fresh(nb, quick))
     ]
     start, jobs = time.perf_counter(), args.jobs or lanes(quick)
-    if jobs == 1:  # one after the other, in this process, with progress bars
-        for notebook in notebooks:
+    if jobs == 1:  # one after the other in NEEDS order, in this process, with progress bars
+        pending, finished = list(notebooks), set()
+        while notebook := next_to_start(pending, [], finished, jobs=1):
             execute_notebook(notebook, quick, args.device, progress=True, runner=args.runner)
+            pending.remove(notebook)
+            finished.add(notebook.stem)
     elif failures := execute_all(notebooks, quick, args.device, jobs, args.runner):
         for notebook, tail in failures.items():
             print(f"\n--- {notebook.name} failed; the end of its log:\n{tail}", file=sys.stderr)
